@@ -1,0 +1,6 @@
+//! LANrage control plane.
+//!
+//! Protocol logic lives here as sans-IO code: parsers and state machines that take input and
+//! return output, with sockets, clocks and databases left to the caller.
+
+pub mod uapi;

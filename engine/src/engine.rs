@@ -1,0 +1,539 @@
+//! The engine and its owner's handle: a control loop thread that owns the configuration, runs
+//! WireGuard's timers and starts the workers; the owner talks to it over crossbeam channels.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use boringtun::noise::{Tunn, TunnResult};
+use boringtun::x25519::PublicKey;
+use crossbeam_channel::{Receiver, Sender, bounded, select, tick};
+
+use crate::config::{
+    DeviceStatus, DeviceUpdate, EngineConfig, Event, Key, PeerStatus, PeerUpdate, Prefix,
+    UpdateError,
+};
+use crate::io::tun::TunDevice;
+use crate::io::udp;
+use crate::peer::Peer;
+use crate::shared::Shared;
+use crate::stats::DropCounters;
+use crate::table::{Identity, PeerTable};
+use crate::worker::{Worker, WorkerHandle, send_one};
+
+/// WireGuard's timers (handshake retry, keepalive, rekey) are specified in seconds; ticking
+/// every 100 ms keeps them accurate to well within that.
+const TIMER_TICK: Duration = Duration::from_millis(100);
+
+/// Events waiting for the owner before new ones are dropped.
+const EVENT_QUEUE: usize = 4096;
+
+enum Command {
+    Update(DeviceUpdate, Sender<Result<(), UpdateError>>),
+    Status(Sender<DeviceStatus>),
+    SendDatagram(SocketAddr, Vec<u8>),
+    Shutdown,
+}
+
+/// A running engine. Dropping it stops the workers and the control loop.
+pub struct Engine {
+    handle: EngineHandle,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// A cheap, cloneable way to reconfigure and query the engine from any thread.
+#[derive(Clone)]
+pub struct EngineHandle {
+    commands: Sender<Command>,
+}
+
+impl Engine {
+    /// Binds the UDP port, starts one worker per TUN queue (up to `config.threads`) and the
+    /// control loop. Events arrive on the returned receiver.
+    pub fn start(
+        tun: TunDevice,
+        config: EngineConfig,
+    ) -> Result<(Engine, Receiver<Event>), UpdateError> {
+        let threads = config.threads.clamp(1, tun.queue_count());
+        let sockets = udp::bind_group(config.listen_port, threads, config.fwmark).map_err(|e| {
+            UpdateError::PortUnavailable {
+                port: config.listen_port,
+                reason: e.to_string(),
+            }
+        })?;
+        let (event_tx, event_rx) = bounded(EVENT_QUEUE);
+        let shared = Arc::new(Shared {
+            table: ArcSwap::from_pointee(PeerTable::default()),
+            drops: DropCounters::default(),
+            events: event_tx,
+        });
+        let mut control = Control {
+            shared,
+            tun,
+            threads,
+            fwmark: config.fwmark,
+            sockets: Vec::new(),
+            workers: Vec::new(),
+            private_key: None,
+            identity: None,
+            peers: BTreeMap::new(),
+        };
+        control
+            .install_sockets(sockets)
+            .map_err(|e| UpdateError::Invalid(format!("cannot start workers: {e}")))?;
+        let (commands, command_rx) = bounded(64);
+        let thread = std::thread::Builder::new()
+            .name("lanrage-engine".into())
+            .spawn(move || control.run(command_rx))
+            .map_err(|e| UpdateError::Invalid(format!("cannot start engine thread: {e}")))?;
+        Ok((
+            Engine {
+                handle: EngineHandle { commands },
+                thread: Some(thread),
+            },
+            event_rx,
+        ))
+    }
+
+    pub fn handle(&self) -> EngineHandle {
+        self.handle.clone()
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        let _ = self.handle.commands.send(Command::Shutdown);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl EngineHandle {
+    /// Applies a batch of changes as one step: all of it, or (on error) none of it.
+    pub fn update(&self, update: DeviceUpdate) -> Result<(), UpdateError> {
+        let (tx, rx) = bounded(1);
+        self.commands
+            .send(Command::Update(update, tx))
+            .map_err(|_| UpdateError::Stopped)?;
+        rx.recv().map_err(|_| UpdateError::Stopped)?
+    }
+
+    pub fn status(&self) -> Result<DeviceStatus, UpdateError> {
+        let (tx, rx) = bounded(1);
+        self.commands
+            .send(Command::Status(tx))
+            .map_err(|_| UpdateError::Stopped)?;
+        rx.recv().map_err(|_| UpdateError::Stopped)
+    }
+
+    /// Sends a non-WireGuard datagram (STUN, the project's frames) from the WireGuard port.
+    pub fn send_datagram(&self, to: SocketAddr, data: Vec<u8>) -> Result<(), UpdateError> {
+        self.commands
+            .send(Command::SendDatagram(to, data))
+            .map_err(|_| UpdateError::Stopped)
+    }
+}
+
+/// A peer's configuration, as the control loop keeps it.
+struct PeerEntry {
+    peer: Arc<Peer>,
+    preshared_key: Option<Key>,
+    persistent_keepalive: u16,
+    allowed_ips: Vec<Prefix>,
+}
+
+struct Control {
+    shared: Arc<Shared>,
+    tun: TunDevice,
+    threads: usize,
+    fwmark: u32,
+    sockets: Vec<Arc<UdpSocket>>,
+    workers: Vec<WorkerHandle>,
+    private_key: Option<Key>,
+    identity: Option<Arc<Identity>>,
+    peers: BTreeMap<Key, PeerEntry>,
+}
+
+impl Control {
+    fn run(&mut self, commands: Receiver<Command>) {
+        let timers = tick(TIMER_TICK);
+        let mut last_reset = Instant::now();
+        let mut buf = vec![0u8; 2048];
+        loop {
+            select! {
+                recv(commands) -> command => match command {
+                    Ok(Command::Update(update, reply)) => {
+                        let _ = reply.send(self.update(update));
+                    }
+                    Ok(Command::Status(reply)) => {
+                        let _ = reply.send(self.status());
+                    }
+                    Ok(Command::SendDatagram(to, data)) => {
+                        if let Some(socket) = self.sockets.first() {
+                            send_one(socket, &data, to, is_dual_stack(socket));
+                        }
+                    }
+                    Ok(Command::Shutdown) | Err(_) => break,
+                },
+                recv(timers) -> _ => {
+                    if last_reset.elapsed() >= Duration::from_secs(1) {
+                        last_reset = Instant::now();
+                        if let Some(identity) = &self.identity {
+                            identity.rate_limiter.reset_count();
+                        }
+                    }
+                    self.run_timers(&mut buf);
+                }
+            }
+        }
+        for worker in self.workers.drain(..) {
+            worker.stop();
+        }
+    }
+
+    /// Drives every session's timers: handshake retries, keepalives, rekeys, expiry.
+    fn run_timers(&self, buf: &mut [u8]) {
+        let Some(socket) = self.sockets.first() else {
+            return;
+        };
+        let dual_stack = is_dual_stack(socket);
+        for entry in self.peers.values() {
+            let peer = &entry.peer;
+            let mut state = peer.state.lock();
+            let endpoint = state.endpoint;
+            let Some(tunn) = state.tunn.as_mut() else {
+                continue;
+            };
+            if let TunnResult::WriteToNetwork(datagram) = tunn.update_timers(buf) {
+                if let Some(to) = endpoint {
+                    peer.add_tx(datagram.len());
+                    send_one(socket, datagram, to, dual_stack);
+                }
+            }
+        }
+    }
+
+    fn status(&self) -> DeviceStatus {
+        let now = SystemTime::now();
+        let peers = self
+            .peers
+            .values()
+            .map(|entry| {
+                let state = entry.peer.state.lock();
+                let last_handshake = state
+                    .tunn
+                    .as_ref()
+                    .and_then(|t| t.time_since_last_handshake())
+                    .and_then(|since| now.checked_sub(since));
+                PeerStatus {
+                    public_key: entry.peer.public_key,
+                    preshared_key: entry.preshared_key,
+                    endpoint: state.endpoint,
+                    last_handshake,
+                    rx_bytes: entry.peer.rx_bytes(),
+                    tx_bytes: entry.peer.tx_bytes(),
+                    persistent_keepalive: entry.persistent_keepalive,
+                    allowed_ips: entry.allowed_ips.clone(),
+                }
+            })
+            .collect();
+        DeviceStatus {
+            private_key: self.private_key,
+            public_key: self.identity.as_ref().map(|i| i.public.to_bytes()),
+            listen_port: self.listen_port(),
+            fwmark: self.fwmark,
+            peers,
+            drops: self.shared.drops.snapshot(),
+        }
+    }
+
+    fn listen_port(&self) -> u16 {
+        self.sockets
+            .first()
+            .and_then(|s| s.local_addr().ok())
+            .map_or(0, |a| a.port())
+    }
+
+    fn update(&mut self, update: DeviceUpdate) -> Result<(), UpdateError> {
+        validate(&update)?;
+        // The only step that can fail for reasons outside the request: do it first, so a
+        // refused port leaves the rest unapplied.
+        let new_sockets = match update.listen_port {
+            Some(port) if port != self.listen_port() || port == 0 && self.sockets.is_empty() => {
+                Some(
+                    udp::bind_group(port, self.threads, self.fwmark).map_err(|e| {
+                        UpdateError::PortUnavailable {
+                            port,
+                            reason: e.to_string(),
+                        }
+                    })?,
+                )
+            }
+            _ => None,
+        };
+        if let Some(fwmark) = update.fwmark {
+            if fwmark != self.fwmark {
+                for socket in &self.sockets {
+                    udp::set_fwmark(&socket2::SockRef::from(socket.as_ref()), fwmark).map_err(
+                        |e| UpdateError::Invalid(format!("cannot set fwmark {fwmark}: {e}")),
+                    )?;
+                }
+                self.fwmark = fwmark;
+            }
+        }
+        if let Some(private_key) = update.private_key {
+            self.set_private_key(private_key.filter(|k| *k != [0; 32]));
+        }
+        if update.replace_peers {
+            self.peers.clear();
+        }
+        for change in update.peers {
+            self.update_peer(change);
+        }
+        self.publish();
+        if let Some(sockets) = new_sockets {
+            self.install_sockets(sockets)
+                .map_err(|e| UpdateError::Invalid(format!("cannot restart workers: {e}")))?;
+        }
+        Ok(())
+    }
+
+    fn set_private_key(&mut self, key: Option<Key>) {
+        if key == self.private_key {
+            return;
+        }
+        self.private_key = key;
+        self.identity = key.map(|k| Arc::new(Identity::new(k)));
+        // A peer that is ourselves cannot be talked to.
+        if let Some(identity) = &self.identity {
+            let own = identity.public.to_bytes();
+            self.peers.remove(&own);
+        }
+        for entry in self.peers.values() {
+            let mut state = entry.peer.state.lock();
+            state.tunn = match (&self.identity, state.tunn.take()) {
+                (Some(identity), Some(mut tunn)) => {
+                    tunn.set_static_private(
+                        identity.secret.clone(),
+                        identity.public,
+                        Some(identity.rate_limiter.clone()),
+                    );
+                    Some(tunn)
+                }
+                (Some(_), None) => self.new_tunn(entry),
+                (None, _) => None,
+            };
+        }
+    }
+
+    fn new_tunn_for(&self, public_key: Key, index: u32, psk: Option<Key>, keepalive: u16) -> Option<Tunn> {
+        let identity = self.identity.as_ref()?;
+        Some(Tunn::new(
+            identity.secret.clone(),
+            PublicKey::from(public_key),
+            psk,
+            (keepalive > 0).then_some(keepalive),
+            index,
+            Some(identity.rate_limiter.clone()),
+        ))
+    }
+
+    fn new_tunn(&self, entry: &PeerEntry) -> Option<Tunn> {
+        self.new_tunn_for(
+            entry.peer.public_key,
+            entry.peer.index,
+            entry.preshared_key,
+            entry.persistent_keepalive,
+        )
+    }
+
+    fn update_peer(&mut self, change: PeerUpdate) {
+        let key = change.public_key;
+        if change.remove {
+            self.peers.remove(&key);
+            return;
+        }
+        if self
+            .identity
+            .as_ref()
+            .is_some_and(|i| i.public.to_bytes() == key)
+        {
+            return;
+        }
+        if !self.peers.contains_key(&key) {
+            if change.update_only {
+                return;
+            }
+            let index = self.free_index();
+            let psk = change.preshared_key.flatten();
+            let keepalive = change.persistent_keepalive.unwrap_or(0);
+            let tunn = self.new_tunn_for(key, index, psk, keepalive);
+            let entry = PeerEntry {
+                peer: Arc::new(Peer::new(key, index, tunn, change.endpoint)),
+                preshared_key: psk,
+                persistent_keepalive: keepalive,
+                allowed_ips: Vec::new(),
+            };
+            self.peers.insert(key, entry);
+        }
+        let mut rebuild_session = false;
+        if let Some(entry) = self.peers.get_mut(&key) {
+            if let Some(psk) = change.preshared_key {
+                let psk = psk.filter(|k| *k != [0; 32]);
+                rebuild_session |= psk != entry.preshared_key;
+                entry.preshared_key = psk;
+            }
+            if let Some(keepalive) = change.persistent_keepalive {
+                rebuild_session |= keepalive != entry.persistent_keepalive;
+                entry.persistent_keepalive = keepalive;
+            }
+            if let Some(endpoint) = change.endpoint {
+                entry.peer.state.lock().endpoint = Some(endpoint);
+            }
+            if change.replace_allowed_ips {
+                entry.allowed_ips.clear();
+            }
+        }
+        // An allowed-IPs prefix belongs to one peer: adding it here takes it from any other.
+        for prefix in &change.allowed_ips {
+            let prefix = normalize(*prefix);
+            for (other, entry) in self.peers.iter_mut() {
+                if *other == key {
+                    if !entry.allowed_ips.contains(&prefix) {
+                        entry.allowed_ips.push(prefix);
+                    }
+                } else {
+                    entry.allowed_ips.retain(|p| *p != prefix);
+                }
+            }
+        }
+        if rebuild_session {
+            // boringtun fixes the pre-shared key and keepalive at session creation.
+            if let Some(entry) = self.peers.get(&key) {
+                let tunn = self.new_tunn(entry);
+                entry.peer.state.lock().tunn = tunn;
+            }
+        }
+    }
+
+    /// A random unused 24-bit index, so indices reveal nothing about peer count or order.
+    fn free_index(&self) -> u32 {
+        loop {
+            let index = getrandom::u32().unwrap_or_else(|_| fallback_random()) & 0x00ff_ffff;
+            if !self.peers.values().any(|e| e.peer.index == index) {
+                return index;
+            }
+        }
+    }
+
+    /// Publishes a fresh snapshot for the workers.
+    fn publish(&self) {
+        let mut table = PeerTable::new(self.identity.clone());
+        for entry in self.peers.values() {
+            table.insert(entry.peer.clone());
+            for prefix in &entry.allowed_ips {
+                table.route(prefix.addr, prefix.cidr, entry.peer.clone());
+            }
+        }
+        self.shared.table.store(Arc::new(table));
+    }
+
+    /// Replaces the sockets and restarts the workers on them (start-up, listen-port change).
+    fn install_sockets(&mut self, sockets: Vec<UdpSocket>) -> std::io::Result<()> {
+        for worker in self.workers.drain(..) {
+            worker.stop();
+        }
+        self.sockets = sockets.into_iter().map(Arc::new).collect();
+        for (i, socket) in self.sockets.iter().enumerate() {
+            let worker = Worker::spawn(i, self.shared.clone(), socket.clone(), self.tun.queue(i))?;
+            self.workers.push(worker);
+        }
+        tracing::info!(
+            port = self.listen_port(),
+            workers = self.workers.len(),
+            offload = self.tun.offload(),
+            "engine listening"
+        );
+        Ok(())
+    }
+}
+
+fn is_dual_stack(socket: &UdpSocket) -> bool {
+    socket.local_addr().is_ok_and(|a| a.is_ipv6())
+}
+
+fn validate(update: &DeviceUpdate) -> Result<(), UpdateError> {
+    for peer in &update.peers {
+        for prefix in &peer.allowed_ips {
+            let max = if prefix.addr.is_ipv4() { 32 } else { 128 };
+            if prefix.cidr > max {
+                return Err(UpdateError::Invalid(format!(
+                    "allowed IP {prefix}: prefix length above {max}"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Masks host bits, so `10.0.0.5/24` and `10.0.0.0/24` are one prefix.
+fn normalize(prefix: Prefix) -> Prefix {
+    use std::net::IpAddr;
+    let addr = match prefix.addr {
+        IpAddr::V4(a) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(prefix.cidr)).unwrap_or(0);
+            IpAddr::V4((u32::from(a) & mask).into())
+        }
+        IpAddr::V6(a) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(prefix.cidr)).unwrap_or(0);
+            IpAddr::V6((u128::from(a) & mask).into())
+        }
+    };
+    Prefix {
+        addr,
+        cidr: prefix.cidr,
+    }
+}
+
+/// Only reached if the OS random source fails; indices need uniqueness, not secrecy.
+fn fallback_random() -> u32 {
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    nanos ^ std::process::id().rotate_left(16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_are_masked() {
+        let p = |s: &str, c| Prefix {
+            addr: s.parse().unwrap(),
+            cidr: c,
+        };
+        assert_eq!(normalize(p("10.0.0.5", 24)), p("10.0.0.0", 24));
+        assert_eq!(normalize(p("10.0.0.5", 0)), p("0.0.0.0", 0));
+        assert_eq!(normalize(p("10.0.0.5", 32)), p("10.0.0.5", 32));
+        assert_eq!(normalize(p("fd00::1:2", 112)), p("fd00::1:0", 112));
+        assert_eq!(normalize(p("fd00::1", 0)), p("::", 0));
+    }
+
+    #[test]
+    fn overlong_prefixes_are_refused() {
+        let mut peer = PeerUpdate::new([1; 32]);
+        peer.allowed_ips.push(Prefix {
+            addr: "10.0.0.0".parse().unwrap(),
+            cidr: 33,
+        });
+        let update = DeviceUpdate {
+            peers: vec![peer],
+            ..Default::default()
+        };
+        assert!(matches!(validate(&update), Err(UpdateError::Invalid(_))));
+    }
+}

@@ -1,0 +1,86 @@
+//! The TUN interface, opened multi-queue so each worker reads and writes its own queue, with
+//! virtio-net header offload so the kernel hands over TCP super-packets (GSO) and takes back
+//! coalesced ones (GRO) — one system call for many packets.
+
+use std::io;
+use std::sync::Arc;
+
+use tun_rs::{DeviceBuilder, SyncDevice};
+
+/// Headroom in front of every packet buffer for the virtio-net header.
+pub const OFFLOAD_HEADROOM: usize = tun_rs::VIRTIO_NET_HDR_LEN;
+
+/// WireGuard's customary MTU: 1500 less the IPv6 + UDP + WireGuard overhead.
+pub const DEFAULT_MTU: u16 = 1420;
+
+/// Largest interface MTU the packet buffers are sized for.
+pub const MAX_MTU: usize = 9000;
+
+pub struct TunDevice {
+    name: String,
+    queues: Vec<Arc<SyncDevice>>,
+    offload: bool,
+}
+
+impl TunDevice {
+    /// Creates interface `name` with `queues` queues, left down and without addresses (the
+    /// owner configures it, as with any WireGuard interface). Offload is used when the kernel
+    /// supports it.
+    pub fn create(name: &str, queues: usize, mtu: u16) -> io::Result<Self> {
+        if usize::from(mtu) > MAX_MTU {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("MTU {mtu} is above the supported maximum of {MAX_MTU}"),
+            ));
+        }
+        let build = |offload: bool| {
+            DeviceBuilder::new()
+                .name(name)
+                .mtu(mtu)
+                .multi_queue(true)
+                .offload(offload)
+                .inherit_enable_state()
+                .build_sync()
+        };
+        let (first, offload) = match build(true) {
+            Ok(dev) => (dev, true),
+            Err(e) => {
+                tracing::warn!(error = %e, "TUN offload unavailable, falling back to one packet per read");
+                (build(false)?, false)
+            }
+        };
+        let mut devices = Vec::with_capacity(queues.max(1));
+        for _ in 1..queues.max(1) {
+            devices.push(first.try_clone()?);
+        }
+        devices.insert(0, first);
+        let mut out = Vec::with_capacity(devices.len());
+        for dev in devices {
+            dev.set_nonblocking(true)?;
+            out.push(Arc::new(dev));
+        }
+        let name = out[0].name()?;
+        Ok(TunDevice {
+            name,
+            queues: out,
+            offload,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn queue_count(&self) -> usize {
+        self.queues.len()
+    }
+
+    pub fn queue(&self, i: usize) -> Arc<SyncDevice> {
+        self.queues[i % self.queues.len()].clone()
+    }
+
+    /// Whether reads carry virtio-net headers (and may be GSO super-packets).
+    pub fn offload(&self) -> bool {
+        self.offload
+    }
+}

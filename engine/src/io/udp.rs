@@ -1,0 +1,100 @@
+//! The WireGuard UDP port: one socket per worker, all bound to the same port with SO_REUSEPORT
+//! so the kernel spreads flows across workers. Dual-stack when the host has IPv6.
+
+use std::io;
+use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6, UdpSocket};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// Socket buffers large enough for a batch from every worker without drops at line rate.
+const SOCKET_BUFFER: usize = 4 << 20;
+
+/// Binds `count` sockets to one port (`port` 0 picks a free port for all of them).
+pub fn bind_group(port: u16, count: usize, fwmark: u32) -> io::Result<Vec<UdpSocket>> {
+    let first = bind_one(port, fwmark)?;
+    let port = first.local_addr()?.port();
+    let mut sockets = vec![first];
+    for _ in 1..count.max(1) {
+        sockets.push(bind_one(port, fwmark)?);
+    }
+    Ok(sockets)
+}
+
+fn bind_one(port: u16, fwmark: u32) -> io::Result<UdpSocket> {
+    let (socket, addr) = match Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP)) {
+        Ok(s) => {
+            s.set_only_v6(false)?;
+            let addr = SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, port, 0, 0));
+            (s, addr)
+        }
+        // Hosts without IPv6 get an IPv4-only socket.
+        Err(_) => (
+            Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?,
+            SocketAddr::from(([0, 0, 0, 0], port)),
+        ),
+    };
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    // Best effort: the kernel caps these at net.core.[rw]mem_max.
+    let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
+    if fwmark != 0 {
+        set_fwmark(&socket, fwmark)?;
+    }
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+/// Marks outgoing datagrams so policy routing can keep them out of the tunnel itself.
+pub fn set_fwmark(socket: &Socket, fwmark: u32) -> io::Result<()> {
+    socket.set_mark(fwmark)
+}
+
+/// Addresses as users write them: IPv4 peers on a dual-stack socket show up as
+/// `::ffff:a.b.c.d`, which we turn back into `a.b.c.d`.
+pub fn canonical(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::from((v4, v6.port())),
+            None => addr,
+        },
+        v4 => v4,
+    }
+}
+
+/// The destination form a socket accepts: a dual-stack socket needs IPv4 as mapped IPv6.
+pub fn for_socket(addr: SocketAddr, dual_stack: bool) -> SocketAddr {
+    match addr {
+        SocketAddr::V4(v4) if dual_stack => {
+            SocketAddr::V6(SocketAddrV6::new(v4.ip().to_ipv6_mapped(), v4.port(), 0, 0))
+        }
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mapped_addresses_round_trip() {
+        let v4: SocketAddr = "10.1.2.3:51820".parse().unwrap();
+        let mapped = for_socket(v4, true);
+        assert_eq!(mapped.to_string(), "[::ffff:10.1.2.3]:51820");
+        assert_eq!(canonical(mapped), v4);
+        assert_eq!(for_socket(v4, false), v4);
+        let v6: SocketAddr = "[fd00::1]:5".parse().unwrap();
+        assert_eq!(canonical(v6), v6);
+        assert_eq!(for_socket(v6, true), v6);
+    }
+
+    #[test]
+    fn group_shares_one_port() {
+        let group = bind_group(0, 3, 0).unwrap();
+        let port = group[0].local_addr().unwrap().port();
+        assert_ne!(port, 0);
+        for s in &group {
+            assert_eq!(s.local_addr().unwrap().port(), port);
+        }
+    }
+}

@@ -1,0 +1,29 @@
+//! LANrage's userspace WireGuard dataplane.
+//!
+//! One worker per core moves packets between a multi-queue TUN device and SO_REUSEPORT UDP
+//! sockets, encrypting with `boringtun`'s sans-IO `Tunn`, routing by longest-prefix match over
+//! each peer's allowed-IPs. A control loop owns the configuration and WireGuard's timers and
+//! talks to the engine's owner over crossbeam channels ([`Engine`], [`EngineHandle`],
+//! [`Event`]). Non-WireGuard datagrams on the port (STUN, the project's frames) are handed to
+//! the owner as events, so one port serves both.
+
+mod allowed_ips;
+mod config;
+pub mod dataplane;
+mod engine;
+pub mod io;
+mod peer;
+mod shared;
+mod stats;
+pub mod table;
+pub mod wire;
+mod worker;
+
+pub use allowed_ips::AllowedIps;
+pub use config::{
+    DeviceStatus, DeviceUpdate, EngineConfig, Event, Key, PeerStatus, PeerUpdate, Prefix,
+    UpdateError, default_threads,
+};
+pub use engine::{Engine, EngineHandle};
+pub use peer::Peer;
+pub use stats::{DropCounters, DropReason};

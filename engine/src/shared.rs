@@ -1,0 +1,16 @@
+//! State the control loop shares with every worker.
+
+use arc_swap::ArcSwap;
+use crossbeam_channel::Sender;
+
+use crate::config::Event;
+use crate::stats::DropCounters;
+use crate::table::PeerTable;
+
+pub struct Shared {
+    /// The current peer snapshot; replaced whole on reconfiguration.
+    pub table: ArcSwap<PeerTable>,
+    pub drops: DropCounters,
+    /// Bounded: a slow owner costs counted drops, never engine memory.
+    pub events: Sender<Event>,
+}

@@ -1,0 +1,93 @@
+//! The immutable snapshot of peers that workers read on every packet.
+//!
+//! The control loop builds a new table on each configuration change and publishes it with one
+//! atomic pointer swap; workers load it once per batch. Reading it takes no lock shared by all
+//! workers, and a reconfiguration never stalls the packet path.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use boringtun::noise::rate_limiter::RateLimiter;
+use boringtun::x25519::{PublicKey, StaticSecret};
+
+use crate::allowed_ips::AllowedIps;
+use crate::config::Key;
+use crate::peer::Peer;
+
+/// Handshakes per second accepted before cookies are demanded (each handshake is verified
+/// twice on our path: once to find the peer, once inside its session).
+pub const HANDSHAKE_RATE_LIMIT: u64 = 200;
+
+/// The device's own key and the handshake rate limiter bound to it.
+pub struct Identity {
+    pub secret: StaticSecret,
+    pub public: PublicKey,
+    pub rate_limiter: Arc<RateLimiter>,
+}
+
+impl Identity {
+    pub fn new(private_key: Key) -> Self {
+        let secret = StaticSecret::from(private_key);
+        let public = PublicKey::from(&secret);
+        let rate_limiter = Arc::new(RateLimiter::new(&public, HANDSHAKE_RATE_LIMIT));
+        Identity {
+            secret,
+            public,
+            rate_limiter,
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct PeerTable {
+    pub identity: Option<Arc<Identity>>,
+    by_index: HashMap<u32, Arc<Peer>>,
+    by_key: HashMap<Key, Arc<Peer>>,
+    routes: AllowedIps<Arc<Peer>>,
+}
+
+impl PeerTable {
+    pub fn new(identity: Option<Arc<Identity>>) -> Self {
+        PeerTable {
+            identity,
+            ..Default::default()
+        }
+    }
+
+    pub fn insert(&mut self, peer: Arc<Peer>) {
+        self.by_index.insert(peer.index, peer.clone());
+        self.by_key.insert(peer.public_key, peer);
+    }
+
+    /// Routes `prefix` to `peer`; a prefix belongs to one peer only, the last one set wins
+    /// (as in WireGuard).
+    pub fn route(&mut self, addr: IpAddr, cidr: u8, peer: Arc<Peer>) {
+        // Prefixes are validated before they reach the table.
+        let _ = self.routes.insert(addr, cidr, peer);
+    }
+
+    pub fn by_index(&self, index: u32) -> Option<&Arc<Peer>> {
+        self.by_index.get(&index)
+    }
+
+    pub fn by_key(&self, key: &Key) -> Option<&Arc<Peer>> {
+        self.by_key.get(key)
+    }
+
+    pub fn lookup(&self, addr: IpAddr) -> Option<&Arc<Peer>> {
+        self.routes.lookup(addr)
+    }
+
+    pub fn lookup_v4(&self, addr: [u8; 4]) -> Option<&Arc<Peer>> {
+        self.routes.lookup_v4(addr)
+    }
+
+    pub fn lookup_v6(&self, addr: [u8; 16]) -> Option<&Arc<Peer>> {
+        self.routes.lookup_v6(addr)
+    }
+
+    pub fn peers(&self) -> impl Iterator<Item = &Arc<Peer>> {
+        self.by_key.values()
+    }
+}

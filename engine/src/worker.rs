@@ -1,0 +1,418 @@
+//! One worker per core: its own `mio::Poll`, its own UDP socket and TUN queue, and buffers
+//! allocated once at start. It moves batches: a TUN read (a GSO super-packet split into
+//! segments) becomes one UDP send per run of same-sized datagrams to one peer (UDP GSO); a UDP
+//! read (recvmmsg, GRO) becomes one coalescing TUN write.
+
+use std::io::{self, IoSliceMut};
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token, Waker};
+use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState};
+use tun_rs::{GROTable, SyncDevice};
+
+use crate::config::Event;
+use crate::dataplane::{self, Inbound, Outbound};
+use crate::io::tun::{MAX_MTU, OFFLOAD_HEADROOM};
+use crate::io::udp::{canonical, for_socket};
+use crate::shared::Shared;
+use crate::stats::DropReason;
+use crate::wire::{self, Datagram};
+
+const UDP: Token = Token(0);
+const TUN: Token = Token(1);
+const WAKE: Token = Token(2);
+
+/// Packets per TUN batch (tun-rs's ideal batch) and per coalesced TUN write.
+const BATCH: usize = tun_rs::IDEAL_BATCH_SIZE;
+/// Datagram buffers per UDP receive; each holds up to 64 KiB of GRO-coalesced datagrams.
+const UDP_RECV_BUFS: usize = 16;
+const UDP_RECV_BUF_LEN: usize = 1 << 16;
+/// Largest datagram the engine produces: an MTU-sized packet plus WireGuard overhead.
+const MAX_DATAGRAM: usize = MAX_MTU + wire::TRANSPORT_OVERHEAD;
+/// The kernel accepts at most 64 segments per GSO send.
+const MAX_GSO_SEGMENTS: usize = 64;
+/// How long a send may wait for room in a full socket buffer before the datagram is dropped:
+/// enough to ride out a burst, short enough that nothing queues behind it for long.
+const SEND_PATIENCE: Duration = Duration::from_millis(2);
+
+/// What the engine keeps to stop and wake a worker.
+pub struct WorkerHandle {
+    pub stop: Arc<AtomicBool>,
+    pub waker: Arc<Waker>,
+    pub thread: std::thread::JoinHandle<()>,
+}
+
+impl WorkerHandle {
+    pub fn stop(self) {
+        self.stop.store(true, Ordering::Release);
+        let _ = self.waker.wake();
+        let _ = self.thread.join();
+    }
+}
+
+/// Where one queued datagram sits in the send buffer.
+#[derive(Clone, Copy)]
+struct Pending {
+    start: usize,
+    len: usize,
+    to: SocketAddr,
+}
+
+pub struct Worker {
+    shared: Arc<Shared>,
+    udp: Arc<UdpSocket>,
+    udp_state: UdpSocketState,
+    dual_stack: bool,
+    tun: Arc<SyncDevice>,
+    stop: Arc<AtomicBool>,
+    poll: Poll,
+
+    // TUN → UDP
+    tun_read: Vec<u8>,
+    tun_packets: Vec<Vec<u8>>,
+    tun_sizes: Vec<usize>,
+    send_buf: Vec<u8>,
+    pending: Vec<Pending>,
+
+    // UDP → TUN
+    recv_bufs: Vec<u8>,
+    recv_meta: Vec<RecvMeta>,
+    tun_out: Vec<Vec<u8>>,
+    tun_out_len: usize,
+    gro: GROTable,
+    scratch: Vec<u8>,
+}
+
+impl Worker {
+    /// Builds a worker and its buffers; everything the packet path needs is allocated here.
+    pub fn spawn(
+        id: usize,
+        shared: Arc<Shared>,
+        udp: Arc<UdpSocket>,
+        tun: Arc<SyncDevice>,
+    ) -> io::Result<WorkerHandle> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
+        poll.registry().register(
+            &mut SourceFd(&udp.as_raw_fd()),
+            UDP,
+            Interest::READABLE,
+        )?;
+        poll.registry().register(
+            &mut SourceFd(&tun.as_raw_fd()),
+            TUN,
+            Interest::READABLE,
+        )?;
+        let udp_state = UdpSocketState::new(UdpSockRef::from(&*udp))?;
+        let dual_stack = udp.local_addr()?.is_ipv6();
+        let stop = Arc::new(AtomicBool::new(false));
+        let packet_buf = OFFLOAD_HEADROOM + MAX_MTU;
+        let mut worker = Worker {
+            shared,
+            udp,
+            udp_state,
+            dual_stack,
+            tun,
+            stop: stop.clone(),
+            poll,
+            tun_read: vec![0; OFFLOAD_HEADROOM + 65_535],
+            tun_packets: (0..BATCH).map(|_| vec![0; packet_buf]).collect(),
+            tun_sizes: vec![0; BATCH],
+            send_buf: vec![0; BATCH * (MAX_DATAGRAM + dataplane::MIN_OUTPUT_LEN)],
+            pending: Vec::with_capacity(BATCH),
+            recv_bufs: vec![0; UDP_RECV_BUFS * UDP_RECV_BUF_LEN],
+            recv_meta: vec![RecvMeta::default(); UDP_RECV_BUFS],
+            // Coalesced writes grow a buffer up to 64 KiB; reserve it now.
+            tun_out: (0..BATCH)
+                .map(|_| {
+                    let mut b = Vec::with_capacity(OFFLOAD_HEADROOM + 65_535);
+                    b.resize(packet_buf, 0);
+                    b
+                })
+                .collect(),
+            tun_out_len: 0,
+            gro: GROTable::default(),
+            scratch: vec![0; MAX_DATAGRAM + dataplane::MIN_OUTPUT_LEN],
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("lanrage-worker-{id}"))
+            .spawn(move || worker.run())?;
+        Ok(WorkerHandle {
+            stop,
+            waker,
+            thread,
+        })
+    }
+
+    fn run(&mut self) {
+        let mut events = Events::with_capacity(16);
+        // Drain whatever arrived before registration (edge-triggered readiness).
+        let (mut udp_ready, mut tun_ready) = (true, true);
+        while !self.stop.load(Ordering::Acquire) {
+            let timeout = (udp_ready || tun_ready).then_some(Duration::ZERO);
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                tracing::error!(error = %e, "worker poll failed; worker stops");
+                return;
+            }
+            for event in events.iter() {
+                match event.token() {
+                    UDP => udp_ready = true,
+                    TUN => tun_ready = true,
+                    _ => {}
+                }
+            }
+            // Alternate batches so neither direction starves the other.
+            if udp_ready {
+                udp_ready = self.udp_batch();
+            }
+            if tun_ready {
+                tun_ready = self.tun_batch();
+            }
+        }
+    }
+
+    /// Reads one batch from the TUN queue, encrypts it, sends it. Returns whether the queue
+    /// may have more.
+    fn tun_batch(&mut self) -> bool {
+        let n = match self.tun.recv_multiple(
+            &mut self.tun_read,
+            &mut self.tun_packets,
+            &mut self.tun_sizes,
+            OFFLOAD_HEADROOM,
+        ) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return true,
+            Err(e) => {
+                // A malformed offload header or an oversized packet: that read is lost, the
+                // queue goes on.
+                tracing::debug!(error = %e, "TUN read refused");
+                self.shared.drops.record(DropReason::InvalidTunPacket);
+                return true;
+            }
+        };
+        let table = self.shared.table.load();
+        let mut at = 0;
+        self.pending.clear();
+        for i in 0..n {
+            let size = self.tun_sizes[i];
+            let packet = &self.tun_packets[i][OFFLOAD_HEADROOM..OFFLOAD_HEADROOM + size];
+            let room = size + dataplane::MIN_OUTPUT_LEN;
+            let Some(out) = self.send_buf.get_mut(at..at + room) else {
+                self.shared.drops.record(DropReason::InvalidTunPacket);
+                continue;
+            };
+            match dataplane::encapsulate(&table, packet, out) {
+                Outbound::Send { datagram, to } => {
+                    let len = datagram.len();
+                    self.pending.push(Pending { start: at, len, to });
+                    at += len;
+                }
+                Outbound::Queued => {}
+                Outbound::Dropped(reason) => self.shared.drops.record(reason),
+            }
+        }
+        drop(table);
+        self.send_pending();
+        true
+    }
+
+    /// Sends the queued datagrams, one GSO send per run of equal-sized datagrams to the same
+    /// endpoint (the last of a run may be shorter).
+    fn send_pending(&mut self) {
+        let max_segments = self.udp_state.max_gso_segments().clamp(1, MAX_GSO_SEGMENTS);
+        let mut i = 0;
+        while i < self.pending.len() {
+            let first = self.pending[i];
+            let mut end = i + 1;
+            let mut bytes = first.len;
+            while end < self.pending.len() && end - i < max_segments {
+                let next = self.pending[end];
+                let contiguous = next.start == first.start + bytes;
+                if next.to != first.to
+                    || next.len > first.len
+                    || !contiguous
+                    || bytes + next.len > 65_000
+                {
+                    break;
+                }
+                bytes += next.len;
+                end += 1;
+                if next.len < first.len {
+                    break;
+                }
+            }
+            let contents = &self.send_buf[first.start..first.start + bytes];
+            let transmit = Transmit {
+                destination: for_socket(first.to, self.dual_stack),
+                ecn: None,
+                contents,
+                segment_size: (end - i > 1).then_some(first.len),
+                src_ip: None,
+            };
+            if !send_with_patience(&self.udp_state, &self.udp, &transmit) {
+                self.shared
+                    .drops
+                    .add(DropReason::UdpSendFailed, (end - i) as u64);
+            }
+            i = end;
+        }
+        self.pending.clear();
+    }
+
+    /// Receives one batch of datagrams, decrypts them, writes the packets to the TUN queue.
+    /// Returns whether the socket may have more.
+    fn udp_batch(&mut self) -> bool {
+        let n = {
+            let mut chunks = self.recv_bufs.chunks_exact_mut(UDP_RECV_BUF_LEN);
+            let mut slices: [IoSliceMut<'_>; UDP_RECV_BUFS] = std::array::from_fn(|_| {
+                IoSliceMut::new(chunks.next().unwrap_or_default())
+            });
+            match self.udp_state.recv(
+                UdpSockRef::from(&*self.udp),
+                &mut slices,
+                &mut self.recv_meta,
+            ) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => return true,
+                Err(e) => {
+                    // ICMP errors surface here (ECONNREFUSED and friends); they say nothing
+                    // about the datagrams still queued.
+                    tracing::trace!(error = %e, "UDP receive error");
+                    return true;
+                }
+            }
+        };
+        let Worker {
+            shared,
+            udp,
+            dual_stack,
+            tun,
+            recv_bufs,
+            recv_meta,
+            tun_out,
+            tun_out_len,
+            gro,
+            scratch,
+            ..
+        } = self;
+        let dual_stack = *dual_stack;
+        let table = shared.table.load();
+        for (m, meta) in recv_meta[..n].iter().enumerate() {
+            let from = canonical(meta.addr);
+            let base = m * UDP_RECV_BUF_LEN;
+            let received = &recv_bufs[base..base + meta.len.min(UDP_RECV_BUF_LEN)];
+            let stride = if meta.stride == 0 { meta.len } else { meta.stride };
+            for datagram in received.chunks(stride.max(1)) {
+                if *tun_out_len == BATCH {
+                    flush_tun(tun, gro, &mut tun_out[..BATCH], shared);
+                    *tun_out_len = 0;
+                }
+                let slot = &mut tun_out[*tun_out_len];
+                slot.resize(OFFLOAD_HEADROOM + MAX_MTU.max(datagram.len()), 0);
+                match dataplane::decapsulate(&table, from, datagram, &mut slot[OFFLOAD_HEADROOM..])
+                {
+                    Inbound::ToTun(packet) => {
+                        let len = packet.len();
+                        slot.truncate(OFFLOAD_HEADROOM + len);
+                        *tun_out_len += 1;
+                    }
+                    Inbound::Reply {
+                        datagram: reply,
+                        to,
+                        peer,
+                    } => {
+                        if !send_one(udp, reply, to, dual_stack) {
+                            shared.drops.record(DropReason::UdpSendFailed);
+                        }
+                        if let Some(peer) = peer {
+                            if matches!(
+                                wire::classify(datagram),
+                                Datagram::HandshakeInit | Datagram::HandshakeResponse { .. }
+                            ) {
+                                let _ = shared.events.try_send(Event::HandshakeCompleted {
+                                    public_key: peer.public_key,
+                                });
+                            }
+                            while let Some((queued, to)) = dataplane::flush_queued(&peer, scratch)
+                            {
+                                if !send_one(udp, queued, to, dual_stack) {
+                                    shared.drops.record(DropReason::UdpSendFailed);
+                                }
+                            }
+                        }
+                    }
+                    Inbound::Consumed => {}
+                    Inbound::Control => {
+                        let event = Event::Datagram {
+                            from,
+                            data: datagram.to_vec(),
+                        };
+                        if shared.events.try_send(event).is_err() {
+                            shared.drops.record(DropReason::ControlQueueFull);
+                        }
+                    }
+                    Inbound::Dropped(reason) => shared.drops.record(reason),
+                }
+            }
+        }
+        drop(table);
+        flush_tun(tun, gro, &mut tun_out[..*tun_out_len], shared);
+        *tun_out_len = 0;
+        true
+    }
+}
+
+/// Writes decrypted packets, coalescing TCP segments of one flow (GRO) when the device has
+/// offload.
+fn flush_tun(tun: &SyncDevice, gro: &mut GROTable, batch: &mut [Vec<u8>], shared: &Shared) {
+    if batch.is_empty() {
+        return;
+    }
+    if let Err(e) = tun.send_multiple(gro, batch, OFFLOAD_HEADROOM) {
+        tracing::debug!(error = %e, "TUN write failed");
+        shared.drops.record(DropReason::TunWriteFailed);
+    }
+}
+
+/// Runs one send, waiting briefly for room when the socket buffer is full: a tunnel that drops
+/// under a burst makes TCP inside it back off far more than a short wait does.
+fn with_patience(mut send: impl FnMut() -> io::Result<()>) -> bool {
+    let mut deadline = None;
+    loop {
+        match send() {
+            Ok(()) => return true,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let deadline = *deadline.get_or_insert_with(|| Instant::now() + SEND_PATIENCE);
+                if Instant::now() >= deadline {
+                    return false;
+                }
+                std::thread::yield_now();
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                tracing::trace!(error = %e, "UDP send failed");
+                return false;
+            }
+        }
+    }
+}
+
+fn send_with_patience(state: &UdpSocketState, socket: &UdpSocket, transmit: &Transmit<'_>) -> bool {
+    with_patience(|| state.try_send(UdpSockRef::from(socket), transmit))
+}
+
+/// Sends a single datagram (handshakes, cookies, packets released after a handshake).
+pub fn send_one(socket: &UdpSocket, datagram: &[u8], to: SocketAddr, dual_stack: bool) -> bool {
+    let to = for_socket(to, dual_stack);
+    with_patience(|| socket.send_to(datagram, to).map(drop))
+}
