@@ -22,7 +22,10 @@ pub const MIN_OUTPUT_LEN: usize = 148;
 #[derive(Debug)]
 pub enum Outbound<'a> {
     /// Send this datagram (transport data or a handshake initiation) to `to`.
-    Send { datagram: &'a [u8], to: SocketAddr },
+    Send {
+        datagram: &'a [u8],
+        to: SocketAddr,
+    },
     /// No session yet: the packet waits inside the peer's session while a handshake that is
     /// already under way completes.
     Queued,
@@ -236,5 +239,148 @@ pub fn flush_queued<'a>(peer: &Peer, out: &'a mut [u8]) -> Option<(&'a [u8], Soc
             Some((datagram, to))
         }
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::loopback::{Loopback, ipv4_packet};
+
+    fn sent<'a>(outbound: Outbound<'a>) -> &'a [u8] {
+        match outbound {
+            Outbound::Send { datagram, .. } => datagram,
+            other => panic!("expected a datagram, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn first_packet_starts_a_handshake_and_is_delivered_after_it() {
+        let pair = Loopback::new();
+        let packet = pair.a.packet_to(&pair.b, 60);
+        let mut out = vec![0u8; 2048];
+        let Outbound::Send { datagram, to } = encapsulate(&pair.a.table, &packet, &mut out) else {
+            panic!("expected a handshake initiation");
+        };
+        assert_eq!(to, pair.b.addr);
+        assert_eq!(classify(datagram), Datagram::HandshakeInit);
+        let connected = Loopback::connected();
+        assert!(connected.a.peer.tx_bytes() > 0 && connected.b.peer.rx_bytes() > 0);
+    }
+
+    #[test]
+    fn packets_cross_in_both_directions() {
+        let pair = Loopback::connected();
+        let mut wire_buf = vec![0u8; 2048];
+        let mut plain = vec![0u8; 2048];
+        for (from, to) in [(&pair.a, &pair.b), (&pair.b, &pair.a)] {
+            for len in [20, 64, 1400] {
+                let packet = from.packet_to(to, len);
+                let datagram = sent(encapsulate(&from.table, &packet, &mut wire_buf));
+                assert_eq!(datagram.len(), len + 32);
+                match decapsulate(&to.table, from.addr, datagram, &mut plain) {
+                    Inbound::ToTun(p) => assert_eq!(p, &packet[..]),
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn spoofed_inner_source_is_dropped() {
+        let pair = Loopback::connected();
+        // a claims to be 10.0.0.3, which is not in its allowed-IPs at b.
+        let packet = ipv4_packet([10, 0, 0, 3], pair.b.inner, 64);
+        let mut wire_buf = vec![0u8; 2048];
+        let datagram = sent(encapsulate(&pair.a.table, &packet, &mut wire_buf));
+        let mut plain = vec![0u8; 2048];
+        assert!(matches!(
+            decapsulate(&pair.b.table, pair.a.addr, datagram, &mut plain),
+            Inbound::Dropped(DropReason::SpoofedSource)
+        ));
+    }
+
+    #[test]
+    fn endpoint_roams_on_authenticated_traffic_only() {
+        let pair = Loopback::connected();
+        let packet = pair.a.packet_to(&pair.b, 64);
+        let mut wire_buf = vec![0u8; 2048];
+        let mut datagram = sent(encapsulate(&pair.a.table, &packet, &mut wire_buf)).to_vec();
+        let moved: SocketAddr = "198.51.100.7:3333".parse().unwrap();
+        let mut plain = vec![0u8; 2048];
+        // Tampered: refused, and the endpoint stays.
+        let last = datagram.len() - 1;
+        datagram[last] ^= 1;
+        assert!(matches!(
+            decapsulate(&pair.b.table, moved, &datagram, &mut plain),
+            Inbound::Dropped(DropReason::CryptoFailed)
+        ));
+        assert_eq!(pair.b.peer.state.lock().endpoint, Some(pair.a.addr));
+        datagram[last] ^= 1;
+        assert!(matches!(
+            decapsulate(&pair.b.table, moved, &datagram, &mut plain),
+            Inbound::ToTun(_)
+        ));
+        assert_eq!(pair.b.peer.state.lock().endpoint, Some(moved));
+        // A replay from yet another address is refused and does not move it back.
+        assert!(matches!(
+            decapsulate(&pair.b.table, pair.a.addr, &datagram, &mut plain),
+            Inbound::Dropped(DropReason::CryptoFailed)
+        ));
+        assert_eq!(pair.b.peer.state.lock().endpoint, Some(moved));
+    }
+
+    #[test]
+    fn unroutable_and_unknown_are_counted_drops() {
+        let pair = Loopback::new();
+        let mut out = vec![0u8; 2048];
+        let packet = ipv4_packet(pair.a.inner, [10, 0, 0, 9], 64);
+        assert!(matches!(
+            encapsulate(&pair.a.table, &packet, &mut out),
+            Outbound::Dropped(DropReason::NoRoute)
+        ));
+        assert!(matches!(
+            encapsulate(&pair.a.table, &[0x70; 40], &mut out),
+            Outbound::Dropped(DropReason::InvalidTunPacket)
+        ));
+        let mut data = vec![0u8; 64];
+        data[0] = 4;
+        data[4..8].copy_from_slice(&(0x77u32 << 8).to_le_bytes());
+        assert!(matches!(
+            decapsulate(&pair.b.table, pair.a.addr, &data, &mut out),
+            Inbound::Dropped(DropReason::UnknownPeer)
+        ));
+        // A handshake initiation with a bad MAC is refused before any expensive work.
+        let mut init = vec![0u8; 148];
+        init[0] = 1;
+        assert!(matches!(
+            decapsulate(&pair.b.table, pair.a.addr, &init, &mut out),
+            Inbound::Dropped(DropReason::CryptoFailed)
+        ));
+        assert!(matches!(
+            decapsulate(&pair.b.table, pair.a.addr, b"\x00\x01STUN-ish", &mut out),
+            Inbound::Control
+        ));
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        let pair = Loopback::connected();
+        let mut out = vec![0u8; 2048];
+        let mut state = 0x1234_5678_9abc_def0u64;
+        for i in 0..20_000 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let len = (state % 200) as usize;
+            let mut bytes: Vec<u8> = (0..len).map(|j| (state >> (j % 56)) as u8).collect();
+            // Half of them with WireGuard-looking headers.
+            if i % 2 == 0 && len >= 4 {
+                bytes[0] = (state % 5) as u8;
+                bytes[1..4].fill(0);
+            }
+            let _ = decapsulate(&pair.b.table, pair.a.addr, &bytes, &mut out);
+            let _ = encapsulate(&pair.a.table, &bytes, &mut out);
+        }
     }
 }

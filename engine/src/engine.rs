@@ -329,7 +329,13 @@ impl Control {
         }
     }
 
-    fn new_tunn_for(&self, public_key: Key, index: u32, psk: Option<Key>, keepalive: u16) -> Option<Tunn> {
+    fn new_tunn_for(
+        &self,
+        public_key: Key,
+        index: u32,
+        psk: Option<Key>,
+        keepalive: u16,
+    ) -> Option<Tunn> {
         let identity = self.identity.as_ref()?;
         Some(Tunn::new(
             identity.secret.clone(),
@@ -484,11 +490,15 @@ fn normalize(prefix: Prefix) -> Prefix {
     use std::net::IpAddr;
     let addr = match prefix.addr {
         IpAddr::V4(a) => {
-            let mask = u32::MAX.checked_shl(32 - u32::from(prefix.cidr)).unwrap_or(0);
+            let mask = u32::MAX
+                .checked_shl(32 - u32::from(prefix.cidr))
+                .unwrap_or(0);
             IpAddr::V4((u32::from(a) & mask).into())
         }
         IpAddr::V6(a) => {
-            let mask = u128::MAX.checked_shl(128 - u32::from(prefix.cidr)).unwrap_or(0);
+            let mask = u128::MAX
+                .checked_shl(128 - u32::from(prefix.cidr))
+                .unwrap_or(0);
             IpAddr::V6((u128::from(a) & mask).into())
         }
     };

@@ -12,6 +12,7 @@ mod config;
 pub mod dataplane;
 mod engine;
 pub mod io;
+pub mod loopback;
 mod peer;
 mod shared;
 mod stats;

@@ -52,7 +52,12 @@ impl std::fmt::Debug for KeyPrefix<'_> {
 }
 
 impl Peer {
-    pub fn new(public_key: Key, index: u32, tunn: Option<Tunn>, endpoint: Option<SocketAddr>) -> Self {
+    pub fn new(
+        public_key: Key,
+        index: u32,
+        tunn: Option<Tunn>,
+        endpoint: Option<SocketAddr>,
+    ) -> Self {
         Peer {
             public_key,
             index,

@@ -25,9 +25,15 @@ pub const TRANSPORT_OVERHEAD: usize = 32;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Datagram {
     HandshakeInit,
-    HandshakeResponse { receiver: u32 },
-    CookieReply { receiver: u32 },
-    TransportData { receiver: u32 },
+    HandshakeResponse {
+        receiver: u32,
+    },
+    CookieReply {
+        receiver: u32,
+    },
+    TransportData {
+        receiver: u32,
+    },
     /// Not WireGuard: handed to the control thread.
     Control,
     /// Looks like WireGuard (type byte and reserved zeros) but has an impossible length.

@@ -98,16 +98,10 @@ impl Worker {
     ) -> io::Result<WorkerHandle> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
-        poll.registry().register(
-            &mut SourceFd(&udp.as_raw_fd()),
-            UDP,
-            Interest::READABLE,
-        )?;
-        poll.registry().register(
-            &mut SourceFd(&tun.as_raw_fd()),
-            TUN,
-            Interest::READABLE,
-        )?;
+        poll.registry()
+            .register(&mut SourceFd(&udp.as_raw_fd()), UDP, Interest::READABLE)?;
+        poll.registry()
+            .register(&mut SourceFd(&tun.as_raw_fd()), TUN, Interest::READABLE)?;
         let udp_state = UdpSocketState::new(UdpSockRef::from(&*udp))?;
         let dual_stack = udp.local_addr()?.is_ipv6();
         let stop = Arc::new(AtomicBool::new(false));
@@ -273,9 +267,8 @@ impl Worker {
     fn udp_batch(&mut self) -> bool {
         let n = {
             let mut chunks = self.recv_bufs.chunks_exact_mut(UDP_RECV_BUF_LEN);
-            let mut slices: [IoSliceMut<'_>; UDP_RECV_BUFS] = std::array::from_fn(|_| {
-                IoSliceMut::new(chunks.next().unwrap_or_default())
-            });
+            let mut slices: [IoSliceMut<'_>; UDP_RECV_BUFS] =
+                std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()));
             match self.udp_state.recv(
                 UdpSockRef::from(&*self.udp),
                 &mut slices,
@@ -311,7 +304,11 @@ impl Worker {
             let from = canonical(meta.addr);
             let base = m * UDP_RECV_BUF_LEN;
             let received = &recv_bufs[base..base + meta.len.min(UDP_RECV_BUF_LEN)];
-            let stride = if meta.stride == 0 { meta.len } else { meta.stride };
+            let stride = if meta.stride == 0 {
+                meta.len
+            } else {
+                meta.stride
+            };
             for datagram in received.chunks(stride.max(1)) {
                 if *tun_out_len == BATCH {
                     flush_tun(tun, gro, &mut tun_out[..BATCH], shared);
@@ -343,8 +340,7 @@ impl Worker {
                                     public_key: peer.public_key,
                                 });
                             }
-                            while let Some((queued, to)) = dataplane::flush_queued(&peer, scratch)
-                            {
+                            while let Some((queued, to)) = dataplane::flush_queued(&peer, scratch) {
                                 if !send_one(udp, queued, to, dual_stack) {
                                     shared.drops.record(DropReason::UdpSendFailed);
                                 }

@@ -40,7 +40,10 @@ pub fn spawn_and_wait(args: &WgArgs, socket: &Path) -> Result<()> {
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
         if let Some(status) = child.try_wait()? {
-            bail!("the daemon for {} exited during start-up ({status})", args.ifname);
+            bail!(
+                "the daemon for {} exited during start-up ({status})",
+                args.ifname
+            );
         }
         if UnixStream::connect(socket).is_ok() {
             return Ok(());

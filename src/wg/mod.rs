@@ -77,7 +77,8 @@ fn serve(args: &WgArgs) -> Result<()> {
 
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, stop.clone()).context("cannot install signal handler")?;
+        signal_hook::flag::register(signal, stop.clone())
+            .context("cannot install signal handler")?;
     }
     uapi_server::spawn(listener, engine.handle(), stop.clone())?;
     // Nothing consumes non-WireGuard datagrams in a plain WireGuard interface; log handshakes.

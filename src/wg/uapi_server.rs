@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use lanrage_control::uapi::{
-    self, AllowedIp, DeviceInfo, PeerInfo, Request, RequestFramer, SUCCESS_RESPONSE, SetRequest,
+    self, AllowedIp, DeviceInfo, Operation, PeerInfo, Request, RequestFramer, SUCCESS_RESPONSE, SetRequest,
     UapiError,
 };
 use lanrage_engine::{DeviceStatus, DeviceUpdate, EngineHandle, PeerUpdate, Prefix, UpdateError};
@@ -36,8 +36,7 @@ impl Drop for UapiListener {
 /// a stale socket left by one that died.
 pub fn bind(path: &Path) -> Result<UapiListener> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     if path.exists() {
         if UnixStream::connect(path).is_ok() {
@@ -89,7 +88,7 @@ pub fn spawn(listener: UapiListener, engine: EngineHandle, stop: Arc<AtomicBool>
 
 fn serve_client(mut stream: UnixStream, engine: &EngineHandle) {
     let _ = stream.set_read_timeout(Some(CLIENT_TIMEOUT));
-    let mut framer = RequestFramer::new();
+    let mut framer = RequestFramer::new().with_scope_resolver(interface_index);
     let mut buf = [0u8; 4096];
     loop {
         let n = match stream.read(&mut buf) {
@@ -106,10 +105,10 @@ fn serve_client(mut stream: UnixStream, engine: &EngineHandle) {
         while let Some(request) = framer.next_request() {
             let response = match request {
                 Ok(request) => respond(engine, request),
+                // The framer has skipped to the end of the bad request; the next one may be fine.
                 Err(e) => {
                     tracing::debug!(error = %e, "bad UAPI request");
-                    let _ = stream.write_all(uapi::format_errno(&e).as_bytes());
-                    return;
+                    uapi::format_errno(&e)
                 }
             };
             if stream.write_all(response.as_bytes()).is_err() {
@@ -124,7 +123,7 @@ fn respond(engine: &EngineHandle, request: Request) -> String {
         Request::Get => engine
             .status()
             .map(|status| uapi::format_get_response(&device_info(status)))
-            .map_err(engine_error),
+            .map_err(|e| engine_error(e).with_operation(Operation::Get)),
         Request::Set(set) => engine
             .update(device_update(set))
             .map(|()| SUCCESS_RESPONSE.to_owned())
@@ -134,6 +133,22 @@ fn respond(engine: &EngineHandle, request: Request) -> String {
         tracing::info!(error = %e, "UAPI request refused");
         uapi::format_errno(&e)
     })
+}
+
+/// Resolves the interface in a link-local endpoint such as `[fe80::1%eth0]:51820`.
+fn interface_index(name: &str) -> Option<u32> {
+    let valid = !name.is_empty()
+        && name.len() <= 15
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b))
+        && name != "."
+        && name != "..";
+    if !valid {
+        return None;
+    }
+    let path = Path::new("/sys/class/net").join(name).join("ifindex");
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
 fn engine_error(e: UpdateError) -> UapiError {

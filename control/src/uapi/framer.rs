@@ -1,4 +1,5 @@
 use std::collections::VecDeque;
+use std::fmt;
 
 use super::error::{UapiError, errno};
 use super::parse::{ScopeResolver, parse_request_bytes};
@@ -18,7 +19,6 @@ const RETAINED_CAPACITY: usize = 64 << 10;
 /// a request with bad content is still cut at the right place: answer its error and keep
 /// serving the connection. Only an over-long request ([`push`](Self::push) fails) leaves the
 /// stream unsynchronised; then close the connection.
-#[derive(Debug)]
 pub struct RequestFramer {
     buf: Vec<u8>,
     /// Start of the first request not yet returned by `next_request`.
@@ -32,6 +32,18 @@ pub struct RequestFramer {
     max_request_len: usize,
     resolve_scope: Option<ScopeResolver>,
     failed: Option<UapiError>,
+}
+
+/// Buffered bytes may hold keys, so `Debug` shows only sizes.
+impl fmt::Debug for RequestFramer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RequestFramer")
+            .field("ready_requests", &self.ready.len())
+            .field("partial_len", &self.partial_len())
+            .field("max_request_len", &self.max_request_len)
+            .field("failed", &self.failed)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for RequestFramer {

@@ -917,6 +917,19 @@ fn framer_rejects_endless_line_without_buffering_it() {
 }
 
 #[test]
+fn framer_debug_hides_buffered_bytes() {
+    let mut framer = RequestFramer::new();
+    framer
+        .push(format!("set=1\nprivate_key={PRIV}\n").as_bytes())
+        .unwrap();
+    let text = format!("{framer:?}");
+    assert!(
+        !text.contains(PRIV) && text.contains("partial_len"),
+        "{text}"
+    );
+}
+
+#[test]
 fn framer_empty_pushes_and_default() {
     let mut framer = RequestFramer::default();
     framer.push(b"").unwrap();

@@ -1,0 +1,31 @@
+//! Arbitrary datagrams on the WireGuard port and arbitrary packets from the TUN device, through
+//! demultiplexing and the whole packet path of a peer with an established session.
+#![no_main]
+
+use std::sync::OnceLock;
+
+use lanrage_engine::dataplane::{Inbound, decapsulate, encapsulate};
+use lanrage_engine::loopback::Loopback;
+use lanrage_engine::wire::{Datagram, IpHeader, classify};
+use libfuzzer_sys::fuzz_target;
+
+static PAIR: OnceLock<Loopback> = OnceLock::new();
+
+fuzz_target!(|data: &[u8]| {
+    let pair = PAIR.get_or_init(Loopback::connected);
+    let kind = classify(data);
+    let _ = IpHeader::parse(data);
+    let mut out = vec![0u8; data.len() + 256];
+    let inbound = decapsulate(&pair.b.table, pair.a.addr, data, &mut out);
+    // Only WireGuard-shaped datagrams may reach the crypto path; the rest go to control.
+    match (&inbound, kind) {
+        (Inbound::Control, Datagram::Control) => {}
+        (Inbound::Control, other) => panic!("{other:?} handed to control"),
+        (_, Datagram::Control) => panic!("control datagram took the crypto path"),
+        _ => {}
+    }
+    if let Inbound::ToTun(packet) = inbound {
+        assert!(packet.len() <= data.len());
+    }
+    let _ = encapsulate(&pair.a.table, data, &mut out);
+});
