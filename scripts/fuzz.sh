@@ -22,7 +22,7 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
 fi
 
 targets="${TARGETS:-$(cargo +nightly fuzz list)}"
-echo "==> building fuzz targets: $(echo $targets)" >&2
+echo "==> building fuzz targets: ${targets//$'\n'/ }" >&2
 cargo +nightly fuzz build >/dev/null
 
 status=0
