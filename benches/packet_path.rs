@@ -59,10 +59,12 @@ fn encapsulate_bench(c: &mut Criterion) {
 
         let pair = Loopback::connected();
         group.bench_with_input(BenchmarkId::new("engine", len), &plain, |bench, p| {
-            bench.iter(|| match encapsulate(&pair.a.table, black_box(p), &mut out) {
-                Outbound::Send { datagram, .. } => datagram.len(),
-                _ => 0,
-            })
+            bench.iter(
+                || match encapsulate(&pair.a.table, black_box(p), &mut out) {
+                    Outbound::Send { datagram, .. } => datagram.len(),
+                    _ => 0,
+                },
+            )
         });
     }
     group.finish();

@@ -11,5 +11,8 @@ pub fn init() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // A daemon's stderr is a pipe to the process that started it, which goes away once
+        // the daemon is ready: a failed log write must not turn into a panic.
+        .log_internal_errors(false)
         .try_init();
 }

@@ -87,7 +87,8 @@ pub fn decapsulate<'a>(
     datagram: &[u8],
     out: &'a mut [u8],
 ) -> Inbound<'a> {
-    let peer = match classify(datagram) {
+    let kind = classify(datagram);
+    let peer = match kind {
         Datagram::Control => return Inbound::Control,
         Datagram::Malformed => return Inbound::Dropped(DropReason::MalformedDatagram),
         Datagram::HandshakeInit => match handshake_initiator(table, from, datagram) {
@@ -112,7 +113,7 @@ pub fn decapsulate<'a>(
             None => return Inbound::Dropped(DropReason::UnknownPeer),
         },
     };
-    decapsulate_for(table, &peer, from, datagram, out)
+    decapsulate_for(table, &peer, kind, from, datagram, out)
 }
 
 /// Why a handshake initiation found no peer.
@@ -157,6 +158,7 @@ fn handshake_initiator(
 fn decapsulate_for<'a>(
     table: &PeerTable,
     peer: &Arc<Peer>,
+    kind: Datagram,
     from: SocketAddr,
     datagram: &[u8],
     out: &'a mut [u8],
@@ -194,7 +196,7 @@ fn decapsulate_for<'a>(
             }
         }
         TunnResult::Done => {
-            if matches!(classify(datagram), Datagram::TransportData { .. }) {
+            if matches!(kind, Datagram::TransportData { .. }) {
                 // An authenticated keepalive (a cookie reply proves nothing about the sender).
                 roam(&mut state.endpoint, from);
             }

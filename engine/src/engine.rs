@@ -1,7 +1,7 @@
 //! The engine and its owner's handle: a control loop thread that owns the configuration, runs
 //! WireGuard's timers and starts the workers; the owner talks to it over crossbeam channels.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -259,38 +259,50 @@ impl Control {
 
     fn update(&mut self, update: DeviceUpdate) -> Result<(), UpdateError> {
         validate(&update)?;
+        let fwmark = update.fwmark.unwrap_or(self.fwmark);
         // The only step that can fail for reasons outside the request: do it first, so a
         // refused port leaves the rest unapplied.
         let new_sockets = match update.listen_port {
-            Some(port) if port != self.listen_port() || port == 0 && self.sockets.is_empty() => {
-                Some(
-                    udp::bind_group(port, self.threads, self.fwmark).map_err(|e| {
-                        UpdateError::PortUnavailable {
-                            port,
-                            reason: e.to_string(),
-                        }
-                    })?,
-                )
+            Some(port) if port != self.listen_port() => {
+                Some(udp::bind_group(port, self.threads, fwmark).map_err(|e| {
+                    UpdateError::PortUnavailable {
+                        port,
+                        reason: e.to_string(),
+                    }
+                })?)
             }
             _ => None,
         };
-        if let Some(fwmark) = update.fwmark {
-            if fwmark != self.fwmark {
-                for socket in &self.sockets {
-                    udp::set_fwmark(&socket2::SockRef::from(socket.as_ref()), fwmark).map_err(
-                        |e| UpdateError::Invalid(format!("cannot set fwmark {fwmark}: {e}")),
-                    )?;
-                }
-                self.fwmark = fwmark;
+        if fwmark != self.fwmark && new_sockets.is_none() {
+            for socket in &self.sockets {
+                udp::set_fwmark(&socket2::SockRef::from(socket.as_ref()), fwmark).map_err(|e| {
+                    UpdateError::Invalid(format!("cannot set fwmark {fwmark}: {e}"))
+                })?;
             }
         }
+        self.fwmark = fwmark;
         if let Some(private_key) = update.private_key {
             self.set_private_key(private_key.filter(|k| *k != [0; 32]));
         }
+        let mut changes = update.peers;
         if update.replace_peers {
-            self.peers.clear();
+            // Peers named again keep their sessions (no traffic lost to `wg setconf` or
+            // `wg syncconf`) but start from a fresh configuration, as a new peer would.
+            let kept: HashSet<Key> = changes
+                .iter()
+                .filter(|c| !c.remove)
+                .map(|c| c.public_key)
+                .collect();
+            self.peers.retain(|key, _| kept.contains(key));
+            for entry in self.peers.values_mut() {
+                entry.allowed_ips.clear();
+            }
+            for change in &mut changes {
+                change.preshared_key.get_or_insert(None);
+                change.persistent_keepalive.get_or_insert(0);
+            }
         }
-        for change in update.peers {
+        for change in changes {
             self.update_peer(change);
         }
         self.publish();

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use lanrage_control::uapi::{
-    self, AllowedIp, DeviceInfo, Operation, PeerInfo, Request, RequestFramer, SUCCESS_RESPONSE, SetRequest,
-    UapiError,
+    self, AllowedIp, DeviceInfo, Operation, PeerInfo, Request, RequestFramer, SUCCESS_RESPONSE,
+    SetRequest, UapiError,
 };
 use lanrage_engine::{DeviceStatus, DeviceUpdate, EngineHandle, PeerUpdate, Prefix, UpdateError};
 

@@ -130,10 +130,22 @@ pub fn require_root() {
 }
 
 /// A short unique tag "PID-N" (hex): pid separates processes, N separates tests in one process.
-fn unique_tag() -> String {
+pub fn unique_tag() -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     format!("{:x}-{n:x}", std::process::id())
+}
+
+/// Polls `ready` every 50 ms until it holds; panics naming `what` after `timeout`.
+pub fn wait_until(timeout: Duration, what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !ready() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
 }
 
 pub fn now_unix() -> u64 {

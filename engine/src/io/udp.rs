@@ -10,7 +10,16 @@ use socket2::{Domain, Protocol, Socket, Type};
 const SOCKET_BUFFER: usize = 4 << 20;
 
 /// Binds `count` sockets to one port (`port` 0 picks a free port for all of them).
+///
+/// SO_REUSEPORT would let us join a group that another process (even another LANrage
+/// interface) already holds on that port and silently share its traffic. So the port is first
+/// claimed exclusively by a probe socket without SO_REUSEPORT, which fails if anyone holds it.
 pub fn bind_group(port: u16, count: usize, fwmark: u32) -> io::Result<Vec<UdpSocket>> {
+    let port = {
+        let (probe, addr) = new_socket(port)?;
+        probe.bind(&addr.into())?;
+        probe.local_addr()?.as_socket().map_or(port, |a| a.port())
+    };
     let first = bind_one(port, fwmark)?;
     let port = first.local_addr()?.port();
     let mut sockets = vec![first];
@@ -21,18 +30,7 @@ pub fn bind_group(port: u16, count: usize, fwmark: u32) -> io::Result<Vec<UdpSoc
 }
 
 fn bind_one(port: u16, fwmark: u32) -> io::Result<UdpSocket> {
-    let (socket, addr) = match Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP)) {
-        Ok(s) => {
-            s.set_only_v6(false)?;
-            let addr = SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, port, 0, 0));
-            (s, addr)
-        }
-        // Hosts without IPv6 get an IPv4-only socket.
-        Err(_) => (
-            Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?,
-            SocketAddr::from(([0, 0, 0, 0], port)),
-        ),
-    };
+    let (socket, addr) = new_socket(port)?;
     socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
     // Best effort: the kernel caps these at net.core.[rw]mem_max.
@@ -43,6 +41,24 @@ fn bind_one(port: u16, fwmark: u32) -> io::Result<UdpSocket> {
     }
     socket.bind(&addr.into())?;
     Ok(socket.into())
+}
+
+/// A dual-stack socket for `[::]:port`, or an IPv4 one for `0.0.0.0:port` on hosts without IPv6.
+fn new_socket(port: u16) -> io::Result<(Socket, SocketAddr)> {
+    Ok(
+        match Socket::new(Domain::IPV6, Type::DGRAM, Some(Protocol::UDP)) {
+            Ok(s) => {
+                s.set_only_v6(false)?;
+                let addr = SocketAddr::V6(SocketAddrV6::new(Ipv6Addr::UNSPECIFIED, port, 0, 0));
+                (s, addr)
+            }
+            // Hosts without IPv6 get an IPv4-only socket.
+            Err(_) => (
+                Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?,
+                SocketAddr::from(([0, 0, 0, 0], port)),
+            ),
+        },
+    )
 }
 
 /// Marks outgoing datagrams so policy routing can keep them out of the tunnel itself.
@@ -86,6 +102,14 @@ mod tests {
         let v6: SocketAddr = "[fd00::1]:5".parse().unwrap();
         assert_eq!(canonical(v6), v6);
         assert_eq!(for_socket(v6, true), v6);
+    }
+
+    #[test]
+    fn a_held_port_is_refused_even_to_another_group() {
+        let group = bind_group(0, 2, 0).unwrap();
+        let port = group[0].local_addr().unwrap().port();
+        let err = bind_group(port, 2, 0).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
     }
 
     #[test]
