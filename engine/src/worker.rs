@@ -315,7 +315,12 @@ impl Worker {
                     *tun_out_len = 0;
                 }
                 let slot = &mut tun_out[*tun_out_len];
-                slot.resize(OFFLOAD_HEADROOM + MAX_MTU.max(datagram.len()), 0);
+                // Plaintext is never longer than its datagram; handshake replies need
+                // MIN_OUTPUT_LEN. Sizing to that keeps the zero-fill short.
+                slot.resize(
+                    OFFLOAD_HEADROOM + datagram.len().max(dataplane::MIN_OUTPUT_LEN),
+                    0,
+                );
                 match dataplane::decapsulate(&table, from, datagram, &mut slot[OFFLOAD_HEADROOM..])
                 {
                     Inbound::ToTun(packet) => {
