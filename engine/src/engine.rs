@@ -75,6 +75,8 @@ impl Engine {
             threads,
             fwmark: config.fwmark,
             sockets: Vec::new(),
+            dual_stack: false,
+            listen_port: 0,
             workers: Vec::new(),
             private_key: None,
             identity: None,
@@ -151,6 +153,10 @@ struct Control {
     threads: usize,
     fwmark: u32,
     sockets: Vec<Arc<UdpSocket>>,
+    /// Whether the sockets are IPv6 with IPv4 mapped (then IPv4 destinations need mapping).
+    dual_stack: bool,
+    /// The bound port, kept so status and timers need no system call.
+    listen_port: u16,
     workers: Vec<WorkerHandle>,
     private_key: Option<Key>,
     identity: Option<Arc<Identity>>,
@@ -173,7 +179,7 @@ impl Control {
                     }
                     Ok(Command::SendDatagram(to, data)) => {
                         if let Some(socket) = self.sockets.first() {
-                            send_one(socket, &data, to, is_dual_stack(socket));
+                            send_one(socket, &data, to, self.dual_stack);
                         }
                     }
                     Ok(Command::Shutdown) | Err(_) => break,
@@ -199,7 +205,7 @@ impl Control {
         let Some(socket) = self.sockets.first() else {
             return;
         };
-        let dual_stack = is_dual_stack(socket);
+        let dual_stack = self.dual_stack;
         for entry in self.peers.values() {
             let peer = &entry.peer;
             let mut state = peer.state.lock();
@@ -251,10 +257,7 @@ impl Control {
     }
 
     fn listen_port(&self) -> u16 {
-        self.sockets
-            .first()
-            .and_then(|s| s.local_addr().ok())
-            .map_or(0, |a| a.port())
+        self.listen_port
     }
 
     fn update(&mut self, update: DeviceUpdate) -> Result<(), UpdateError> {
@@ -465,6 +468,9 @@ impl Control {
             worker.stop();
         }
         self.sockets = sockets.into_iter().map(Arc::new).collect();
+        let local = self.sockets.first().and_then(|s| s.local_addr().ok());
+        self.dual_stack = local.is_some_and(|a| a.is_ipv6());
+        self.listen_port = local.map_or(0, |a| a.port());
         for (i, socket) in self.sockets.iter().enumerate() {
             let worker = Worker::spawn(i, self.shared.clone(), socket.clone(), self.tun.queue(i))?;
             self.workers.push(worker);
@@ -477,10 +483,6 @@ impl Control {
         );
         Ok(())
     }
-}
-
-fn is_dual_stack(socket: &UdpSocket) -> bool {
-    socket.local_addr().is_ok_and(|a| a.is_ipv6())
 }
 
 fn validate(update: &DeviceUpdate) -> Result<(), UpdateError> {
