@@ -88,32 +88,32 @@ pub fn decapsulate<'a>(
     out: &'a mut [u8],
 ) -> Inbound<'a> {
     let kind = classify(datagram);
-    let peer = match kind {
-        Datagram::Control => return Inbound::Control,
-        Datagram::Malformed => return Inbound::Dropped(DropReason::MalformedDatagram),
+    match kind {
+        Datagram::Control => Inbound::Control,
+        Datagram::Malformed => Inbound::Dropped(DropReason::MalformedDatagram),
         Datagram::HandshakeInit => match handshake_initiator(table, from, datagram) {
-            Ok(peer) => peer,
+            Ok(peer) => decapsulate_for(table, &peer, kind, from, datagram, out),
             Err(Refusal::Cookie(cookie)) => {
                 let Some(reply) = out.get_mut(..COOKIE_REPLY_LEN) else {
                     return Inbound::Dropped(DropReason::CryptoFailed);
                 };
                 reply.copy_from_slice(&cookie);
-                return Inbound::Reply {
+                Inbound::Reply {
                     datagram: reply,
                     to: from,
                     peer: None,
-                };
+                }
             }
-            Err(Refusal::Dropped(reason)) => return Inbound::Dropped(reason),
+            Err(Refusal::Dropped(reason)) => Inbound::Dropped(reason),
         },
+        // The per-packet case: the receiver index finds the peer, borrowed from the table.
         Datagram::HandshakeResponse { receiver }
         | Datagram::CookieReply { receiver }
         | Datagram::TransportData { receiver } => match table.by_index(receiver >> 8) {
-            Some(peer) => peer.clone(),
-            None => return Inbound::Dropped(DropReason::UnknownPeer),
+            Some(peer) => decapsulate_for(table, peer, kind, from, datagram, out),
+            None => Inbound::Dropped(DropReason::UnknownPeer),
         },
-    };
-    decapsulate_for(table, &peer, kind, from, datagram, out)
+    }
 }
 
 /// Why a handshake initiation found no peer.

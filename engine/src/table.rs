@@ -5,6 +5,7 @@
 //! workers, and a reconfiguration never stalls the packet path.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -42,7 +43,7 @@ impl Identity {
 #[derive(Default)]
 pub struct PeerTable {
     pub identity: Option<Arc<Identity>>,
-    by_index: HashMap<u32, Arc<Peer>>,
+    by_index: HashMap<u32, Arc<Peer>, BuildHasherDefault<IndexHasher>>,
     by_key: HashMap<Key, Arc<Peer>>,
     routes: AllowedIps<Arc<Peer>>,
 }
@@ -89,5 +90,27 @@ impl PeerTable {
 
     pub fn peers(&self) -> impl Iterator<Item = &Arc<Peer>> {
         self.by_key.values()
+    }
+}
+
+/// Hashes our own peer indices, looked up on every datagram. They are random 24-bit numbers
+/// we chose, so they need no keyed (DoS-resistant) hash: one multiplication spreads them over
+/// the hash bits the table uses (Fibonacci hashing).
+#[derive(Default)]
+pub struct IndexHasher(u64);
+
+impl Hasher for IndexHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.0 = u64::from(n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     }
 }
