@@ -5,6 +5,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::SystemTime;
 
+use crate::priority::PriorityPolicy;
 use crate::stats::DropReason;
 
 /// A Curve25519 key as WireGuard carries it: 32 raw bytes.
@@ -33,6 +34,11 @@ pub struct EngineConfig {
     pub listen_port: u16,
     /// SO_MARK for outgoing datagrams; 0 for none.
     pub fwmark: u32,
+    /// Which packets go out ahead of bulk traffic.
+    pub priority: PriorityPolicy,
+    /// UDP receive buffer per socket in bytes: bounds the standing queue under load (see
+    /// [`crate::io::udp::DEFAULT_RECV_BUFFER`]).
+    pub recv_buffer: usize,
 }
 
 impl Default for EngineConfig {
@@ -41,6 +47,8 @@ impl Default for EngineConfig {
             threads: default_threads(),
             listen_port: 0,
             fwmark: 0,
+            priority: PriorityPolicy::default(),
+            recv_buffer: crate::io::udp::DEFAULT_RECV_BUFFER,
         }
     }
 }

@@ -18,6 +18,7 @@ use crate::config::{
 use crate::io::tun::TunDevice;
 use crate::io::udp;
 use crate::peer::Peer;
+use crate::priority::PriorityPolicy;
 use crate::shared::Shared;
 use crate::stats::DropCounters;
 use crate::table::{Identity, PeerTable};
@@ -34,6 +35,7 @@ enum Command {
     Update(DeviceUpdate, Sender<Result<(), UpdateError>>),
     Status(Sender<DeviceStatus>),
     SendDatagram(SocketAddr, Vec<u8>),
+    SetPriority(PriorityPolicy),
     Shutdown,
 }
 
@@ -57,15 +59,20 @@ impl Engine {
         config: EngineConfig,
     ) -> Result<(Engine, Receiver<Event>), UpdateError> {
         let threads = config.threads.clamp(1, tun.queue_count());
-        let sockets = udp::bind_group(config.listen_port, threads, config.fwmark).map_err(|e| {
-            UpdateError::PortUnavailable {
-                port: config.listen_port,
-                reason: e.to_string(),
-            }
+        let sockets = udp::bind_group(
+            config.listen_port,
+            threads,
+            config.fwmark,
+            config.recv_buffer,
+        )
+        .map_err(|e| UpdateError::PortUnavailable {
+            port: config.listen_port,
+            reason: e.to_string(),
         })?;
         let (event_tx, event_rx) = bounded(EVENT_QUEUE);
         let shared = Arc::new(Shared {
             table: ArcSwap::from_pointee(PeerTable::default()),
+            priority: ArcSwap::from_pointee(config.priority.clone()),
             drops: DropCounters::default(),
             events: event_tx,
         });
@@ -74,6 +81,7 @@ impl Engine {
             tun,
             threads,
             fwmark: config.fwmark,
+            recv_buffer: config.recv_buffer,
             sockets: Vec::new(),
             dual_stack: false,
             listen_port: 0,
@@ -131,6 +139,13 @@ impl EngineHandle {
         rx.recv().map_err(|_| UpdateError::Stopped)
     }
 
+    /// Changes which packets take the latency lane; takes effect with the workers' next batch.
+    pub fn set_priority(&self, policy: PriorityPolicy) -> Result<(), UpdateError> {
+        self.commands
+            .send(Command::SetPriority(policy))
+            .map_err(|_| UpdateError::Stopped)
+    }
+
     /// Sends a non-WireGuard datagram (STUN, the project's frames) from the WireGuard port.
     pub fn send_datagram(&self, to: SocketAddr, data: Vec<u8>) -> Result<(), UpdateError> {
         self.commands
@@ -152,6 +167,7 @@ struct Control {
     tun: TunDevice,
     threads: usize,
     fwmark: u32,
+    recv_buffer: usize,
     sockets: Vec<Arc<UdpSocket>>,
     /// Whether the sockets are IPv6 with IPv4 mapped (then IPv4 destinations need mapping).
     dual_stack: bool,
@@ -181,6 +197,9 @@ impl Control {
                         if let Some(socket) = self.sockets.first() {
                             send_one(socket, &data, to, self.dual_stack);
                         }
+                    }
+                    Ok(Command::SetPriority(policy)) => {
+                        self.shared.priority.store(Arc::new(policy));
                     }
                     Ok(Command::Shutdown) | Err(_) => break,
                 },
@@ -266,14 +285,14 @@ impl Control {
         // The only step that can fail for reasons outside the request: do it first, so a
         // refused port leaves the rest unapplied.
         let new_sockets = match update.listen_port {
-            Some(port) if port != self.listen_port() => {
-                Some(udp::bind_group(port, self.threads, fwmark).map_err(|e| {
+            Some(port) if port != self.listen_port() => Some(
+                udp::bind_group(port, self.threads, fwmark, self.recv_buffer).map_err(|e| {
                     UpdateError::PortUnavailable {
                         port,
                         reason: e.to_string(),
                     }
-                })?)
-            }
+                })?,
+            ),
             _ => None,
         };
         if fwmark != self.fwmark && new_sockets.is_none() {

@@ -14,6 +14,7 @@ mod engine;
 pub mod io;
 pub mod loopback;
 mod peer;
+mod priority;
 mod shared;
 mod stats;
 pub mod table;
@@ -27,4 +28,5 @@ pub use config::{
 };
 pub use engine::{Engine, EngineHandle};
 pub use peer::Peer;
+pub use priority::{DEFAULT_SMALL_PACKET_MAX, PriorityPolicy};
 pub use stats::{DropCounters, DropReason};

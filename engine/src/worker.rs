@@ -19,8 +19,10 @@ use crate::config::Event;
 use crate::dataplane::{self, Inbound, Outbound};
 use crate::io::tun::{MAX_MTU, OFFLOAD_HEADROOM};
 use crate::io::udp::{canonical, for_socket};
+use crate::priority::PriorityPolicy;
 use crate::shared::Shared;
 use crate::stats::DropReason;
+use crate::table::PeerTable;
 use crate::wire::{self, Datagram};
 
 const UDP: Token = Token(0);
@@ -61,6 +63,8 @@ struct Pending {
     start: usize,
     len: usize,
     to: SocketAddr,
+    /// In the latency lane: sent before the bulk of the batch.
+    priority: bool,
 }
 
 pub struct Worker {
@@ -194,6 +198,7 @@ impl Worker {
             }
         };
         let table = self.shared.table.load();
+        let policy = self.shared.priority.load();
         let mut at = 0;
         self.pending.clear();
         for i in 0..n {
@@ -204,10 +209,16 @@ impl Worker {
                 self.shared.drops.record(DropReason::InvalidTunPacket);
                 continue;
             };
+            let priority = policy.is_priority_packet(packet);
             match dataplane::encapsulate(&table, packet, out) {
                 Outbound::Send { datagram, to } => {
                     let len = datagram.len();
-                    self.pending.push(Pending { start: at, len, to });
+                    self.pending.push(Pending {
+                        start: at,
+                        len,
+                        to,
+                        priority,
+                    });
                     at += len;
                 }
                 Outbound::Queued => {}
@@ -219,19 +230,31 @@ impl Worker {
         true
     }
 
-    /// Sends the queued datagrams, one GSO send per run of equal-sized datagrams to the same
-    /// endpoint (the last of a run may be shorter).
+    /// Sends the queued datagrams: the latency lane first, one at a time; then the bulk, one
+    /// GSO send per run of equal-sized datagrams to the same endpoint (the last of a run may
+    /// be shorter).
     fn send_pending(&mut self) {
+        for p in self.pending.iter().filter(|p| p.priority) {
+            let datagram = &self.send_buf[p.start..p.start + p.len];
+            if !send_one(&self.udp, datagram, p.to, self.dual_stack) {
+                self.shared.drops.record(DropReason::UdpSendFailed);
+            }
+        }
         let max_segments = self.udp_state.max_gso_segments().clamp(1, MAX_GSO_SEGMENTS);
         let mut i = 0;
         while i < self.pending.len() {
             let first = self.pending[i];
+            if first.priority {
+                i += 1;
+                continue;
+            }
             let mut end = i + 1;
             let mut bytes = first.len;
             while end < self.pending.len() && end - i < max_segments {
                 let next = self.pending[end];
                 let contiguous = next.start == first.start + bytes;
-                if next.to != first.to
+                if next.priority
+                    || next.to != first.to
                     || next.len > first.len
                     || !contiguous
                     || bytes + next.len > 65_000
@@ -285,105 +308,140 @@ impl Worker {
                 }
             }
         };
-        let Worker {
-            shared,
-            udp,
-            dual_stack,
-            tun,
-            recv_bufs,
-            recv_meta,
-            tun_out,
-            tun_out_len,
-            gro,
-            scratch,
-            ..
-        } = self;
-        let dual_stack = *dual_stack;
-        let table = shared.table.load();
-        for (m, meta) in recv_meta[..n].iter().enumerate() {
-            let from = canonical(meta.addr);
-            let base = m * UDP_RECV_BUF_LEN;
-            let received = &recv_bufs[base..base + meta.len.min(UDP_RECV_BUF_LEN)];
-            let stride = if meta.stride == 0 {
-                meta.len
-            } else {
-                meta.stride
-            };
-            for datagram in received.chunks(stride.max(1)) {
-                if *tun_out_len == BATCH {
-                    flush_tun(tun, gro, &mut tun_out[..BATCH], shared);
-                    *tun_out_len = 0;
-                }
-                let slot = &mut tun_out[*tun_out_len];
-                // Plaintext is never longer than its datagram; handshake replies need
-                // MIN_OUTPUT_LEN. Sizing to that keeps the zero-fill short.
-                slot.resize(
-                    OFFLOAD_HEADROOM + datagram.len().max(dataplane::MIN_OUTPUT_LEN),
-                    0,
-                );
-                match dataplane::decapsulate(&table, from, datagram, &mut slot[OFFLOAD_HEADROOM..])
-                {
-                    Inbound::ToTun(packet) => {
-                        let len = packet.len();
-                        slot.truncate(OFFLOAD_HEADROOM + len);
-                        *tun_out_len += 1;
+        let policy = self.shared.priority.load();
+        let table = self.shared.table.load();
+        let mut sink = TunSink {
+            shared: &self.shared,
+            udp: &self.udp,
+            dual_stack: self.dual_stack,
+            tun: &self.tun,
+            tun_out: &mut self.tun_out,
+            tun_out_len: &mut self.tun_out_len,
+            gro: &mut self.gro,
+            scratch: &mut self.scratch,
+        };
+        // The latency lane: small datagrams are decrypted and written before the bulk of the
+        // batch, so a game packet does not wait for a thousand segments to be decrypted.
+        let lanes: &[Option<bool>] = if policy.is_off() {
+            &[None]
+        } else {
+            &[Some(true), Some(false)]
+        };
+        for &lane in lanes {
+            for (m, meta) in self.recv_meta[..n].iter().enumerate() {
+                let from = canonical(meta.addr);
+                let base = m * UDP_RECV_BUF_LEN;
+                let received = &self.recv_bufs[base..base + meta.len.min(UDP_RECV_BUF_LEN)];
+                let stride = if meta.stride == 0 {
+                    meta.len
+                } else {
+                    meta.stride
+                };
+                for datagram in received.chunks(stride.max(1)) {
+                    if lane.is_none_or(|small| policy.is_small_datagram(datagram.len()) == small) {
+                        sink.handle(&table, &policy, from, datagram);
                     }
-                    Inbound::Reply {
-                        datagram: reply,
-                        to,
-                        peer,
-                    } => {
-                        if !send_one(udp, reply, to, dual_stack) {
-                            shared.drops.record(DropReason::UdpSendFailed);
-                        }
-                        if let Some(peer) = peer {
-                            if matches!(
-                                wire::classify(datagram),
-                                Datagram::HandshakeInit | Datagram::HandshakeResponse { .. }
-                            ) {
-                                let _ = shared.events.try_send(Event::HandshakeCompleted {
-                                    public_key: peer.public_key,
-                                });
-                            }
-                            while let Some((queued, to)) = dataplane::flush_queued(&peer, scratch) {
-                                if !send_one(udp, queued, to, dual_stack) {
-                                    shared.drops.record(DropReason::UdpSendFailed);
-                                }
-                            }
-                        }
-                    }
-                    Inbound::Consumed => {}
-                    Inbound::Control => {
-                        let event = Event::Datagram {
-                            from,
-                            data: datagram.to_vec(),
-                        };
-                        if shared.events.try_send(event).is_err() {
-                            shared.drops.record(DropReason::ControlQueueFull);
-                        }
-                    }
-                    Inbound::Dropped(reason) => shared.drops.record(reason),
                 }
             }
+            sink.flush();
         }
-        drop(table);
-        flush_tun(tun, gro, &mut tun_out[..*tun_out_len], shared);
-        *tun_out_len = 0;
         // recvmmsg stops early only when the socket is empty, and every later arrival raises
         // a new edge: a short batch saves the extra receive and poll that would confirm it.
         n == UDP_RECV_BUFS
     }
 }
 
-/// Writes decrypted packets, coalescing TCP segments of one flow (GRO) when the device has
-/// offload.
-fn flush_tun(tun: &SyncDevice, gro: &mut GROTable, batch: &mut [Vec<u8>], shared: &Shared) {
-    if batch.is_empty() {
-        return;
+/// Where decrypted datagrams go: the TUN write batch, or back out (handshake replies).
+struct TunSink<'w> {
+    shared: &'w Shared,
+    udp: &'w UdpSocket,
+    dual_stack: bool,
+    tun: &'w SyncDevice,
+    tun_out: &'w mut [Vec<u8>],
+    tun_out_len: &'w mut usize,
+    gro: &'w mut GROTable,
+    scratch: &'w mut [u8],
+}
+
+impl TunSink<'_> {
+    fn handle(
+        &mut self,
+        table: &PeerTable,
+        policy: &PriorityPolicy,
+        from: SocketAddr,
+        datagram: &[u8],
+    ) {
+        if *self.tun_out_len == self.tun_out.len() {
+            self.flush();
+        }
+        let slot = &mut self.tun_out[*self.tun_out_len];
+        // Plaintext is never longer than its datagram; handshake replies need MIN_OUTPUT_LEN.
+        // Sizing to that keeps the zero-fill short.
+        slot.resize(
+            OFFLOAD_HEADROOM + datagram.len().max(dataplane::MIN_OUTPUT_LEN),
+            0,
+        );
+        match dataplane::decapsulate(table, from, datagram, &mut slot[OFFLOAD_HEADROOM..]) {
+            Inbound::ToTun(packet) => {
+                let len = packet.len();
+                // A large packet on a game's port goes out now, with what is queued before it.
+                let urgent = !policy.ports.is_empty() && policy.is_priority_packet(packet);
+                slot.truncate(OFFLOAD_HEADROOM + len);
+                *self.tun_out_len += 1;
+                if urgent {
+                    self.flush();
+                }
+            }
+            Inbound::Reply {
+                datagram: reply,
+                to,
+                peer,
+            } => {
+                if !send_one(self.udp, reply, to, self.dual_stack) {
+                    self.shared.drops.record(DropReason::UdpSendFailed);
+                }
+                if let Some(peer) = peer {
+                    if matches!(
+                        wire::classify(datagram),
+                        Datagram::HandshakeInit | Datagram::HandshakeResponse { .. }
+                    ) {
+                        let _ = self.shared.events.try_send(Event::HandshakeCompleted {
+                            public_key: peer.public_key,
+                        });
+                    }
+                    while let Some((queued, to)) = dataplane::flush_queued(&peer, self.scratch) {
+                        if !send_one(self.udp, queued, to, self.dual_stack) {
+                            self.shared.drops.record(DropReason::UdpSendFailed);
+                        }
+                    }
+                }
+            }
+            Inbound::Consumed => {}
+            Inbound::Control => {
+                let event = Event::Datagram {
+                    from,
+                    data: datagram.to_vec(),
+                };
+                if self.shared.events.try_send(event).is_err() {
+                    self.shared.drops.record(DropReason::ControlQueueFull);
+                }
+            }
+            Inbound::Dropped(reason) => self.shared.drops.record(reason),
+        }
     }
-    if let Err(e) = tun.send_multiple(gro, batch, OFFLOAD_HEADROOM) {
-        tracing::debug!(error = %e, "TUN write failed");
-        shared.drops.record(DropReason::TunWriteFailed);
+
+    /// Writes the decrypted packets, coalescing TCP segments of one flow (GRO) when the device
+    /// has offload.
+    fn flush(&mut self) {
+        let batch = &mut self.tun_out[..*self.tun_out_len];
+        *self.tun_out_len = 0;
+        if batch.is_empty() {
+            return;
+        }
+        if let Err(e) = self.tun.send_multiple(self.gro, batch, OFFLOAD_HEADROOM) {
+            tracing::debug!(error = %e, "TUN write failed");
+            self.shared.drops.record(DropReason::TunWriteFailed);
+        }
     }
 }
 

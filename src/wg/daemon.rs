@@ -16,14 +16,16 @@ use super::WgArgs;
 const START_TIMEOUT: Duration = Duration::from_secs(15);
 
 pub fn spawn_and_wait(args: &WgArgs, socket: &Path) -> Result<()> {
+    debug_assert!(!args.foreground);
     let exe = std::env::current_exe().context("cannot locate the lanrage executable")?;
     let mut command = Command::new(exe);
-    command.args(["wg", "--foreground", "--mtu", &args.mtu.to_string()]);
-    if let Some(threads) = args.threads {
-        command.args(["--threads", &threads.to_string()]);
-    }
+    // The same command line, in the foreground: every option reaches the daemon unchanged.
+    // `lanrage wg ...` becomes `lanrage wg --foreground ...`.
+    let mut argv = std::env::args_os().skip(1);
     command
-        .arg(&args.ifname)
+        .args(argv.next())
+        .arg("--foreground")
+        .args(argv)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

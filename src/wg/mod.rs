@@ -16,7 +16,10 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use lanrage_engine::io::tun::{DEFAULT_MTU, TunDevice};
-use lanrage_engine::{Engine, EngineConfig, default_threads};
+use lanrage_engine::io::udp::DEFAULT_RECV_BUFFER;
+use lanrage_engine::{
+    DEFAULT_SMALL_PACKET_MAX, Engine, EngineConfig, PriorityPolicy, default_threads,
+};
 
 /// Where `wg` looks for userspace implementations' sockets.
 pub const SOCKET_DIR: &str = "/var/run/wireguard";
@@ -32,6 +35,17 @@ pub struct WgArgs {
     /// Interface MTU.
     #[arg(long, default_value_t = DEFAULT_MTU)]
     pub mtu: u16,
+    /// Latency lane: packets of at most this many bytes go out ahead of bulk traffic in
+    /// each batch (0: off).
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_SMALL_PACKET_MAX)]
+    pub priority_small: u16,
+    /// UDP receive buffer per worker socket, in bytes. It bounds the queue a game packet can
+    /// wait in while a bulk transfer saturates the tunnel; larger absorbs longer bursts.
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_RECV_BUFFER)]
+    pub socket_buffer: usize,
+    /// Latency lane: UDP/TCP ports (e.g. a game's) whose packets go out ahead of bulk.
+    #[arg(long, value_name = "PORT,...", value_delimiter = ',')]
+    pub priority_ports: Vec<u16>,
     /// Interface name (at most 15 bytes).
     pub ifname: String,
 }
@@ -70,6 +84,11 @@ fn serve(args: &WgArgs) -> Result<()> {
         .with_context(|| format!("cannot create TUN interface {}", args.ifname))?;
     let config = EngineConfig {
         threads,
+        priority: PriorityPolicy {
+            small_packet_max: args.priority_small,
+            ports: args.priority_ports.clone(),
+        },
+        recv_buffer: args.socket_buffer,
         ..EngineConfig::default()
     };
     let (engine, events) = Engine::start(tun, config).context("cannot start the engine")?;
