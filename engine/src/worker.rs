@@ -189,12 +189,23 @@ impl Worker {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return true,
-            Err(e) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::InvalidInput | io::ErrorKind::InvalidData | io::ErrorKind::Other
+                ) =>
+            {
                 // A malformed offload header or an oversized packet: that read is lost, the
                 // queue goes on.
                 tracing::debug!(error = %e, "TUN read refused");
                 self.shared.drops.record(DropReason::InvalidTunPacket);
                 return true;
+            }
+            Err(e) => {
+                // The device itself failed (deleted, detached): wait for the next edge rather
+                // than spin on an error.
+                tracing::warn!(error = %e, "TUN read failed");
+                return false;
             }
         };
         let table = self.shared.table.load();
