@@ -180,6 +180,15 @@ impl<T: fmt::Debug> fmt::Debug for AllowedIps<T> {
     }
 }
 
+/// The network address of `addr/cidr`: host bits cleared, so `10.0.0.5/24` gives
+/// `10.0.0.0`. A `cidr` beyond the address width keeps every bit.
+pub fn network(addr: IpAddr, cidr: u8) -> IpAddr {
+    match addr {
+        IpAddr::V4(a) => u32::from(a).and(u32::netmask(cidr)).to_ip(),
+        IpAddr::V6(a) => u128::from(a).and(u128::netmask(cidr)).to_ip(),
+    }
+}
+
 /// An address family's key: a big-endian address as an unsigned integer.
 trait Key: Copy + Eq + Ord + Hash {
     const WIDTH: u8;

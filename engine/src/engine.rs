@@ -520,23 +520,8 @@ fn validate(update: &DeviceUpdate) -> Result<(), UpdateError> {
 
 /// Masks host bits, so `10.0.0.5/24` and `10.0.0.0/24` are one prefix.
 fn normalize(prefix: Prefix) -> Prefix {
-    use std::net::IpAddr;
-    let addr = match prefix.addr {
-        IpAddr::V4(a) => {
-            let mask = u32::MAX
-                .checked_shl(32 - u32::from(prefix.cidr))
-                .unwrap_or(0);
-            IpAddr::V4((u32::from(a) & mask).into())
-        }
-        IpAddr::V6(a) => {
-            let mask = u128::MAX
-                .checked_shl(128 - u32::from(prefix.cidr))
-                .unwrap_or(0);
-            IpAddr::V6((u128::from(a) & mask).into())
-        }
-    };
     Prefix {
-        addr,
+        addr: crate::allowed_ips::network(prefix.addr, prefix.cidr),
         cidr: prefix.cidr,
     }
 }

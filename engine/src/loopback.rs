@@ -65,6 +65,9 @@ impl Loopback {
     }
 
     /// Two peers with a session: `a` sends a first packet, which triggers the handshake.
+    ///
+    /// # Panics
+    /// If the handshake fails: that is a bug in the packet path, which this is for finding.
     pub fn connected() -> Self {
         let pair = Loopback::new();
         let first = pair.a.packet_to(&pair.b, 60);
@@ -84,6 +87,9 @@ impl Loopback {
     }
 
     /// Encrypts `packet` at `from`; the datagrams that result (none while queued).
+    ///
+    /// # Panics
+    /// If the packet is dropped (no route to the other side).
     pub fn send(&self, from: &Side, packet: &[u8]) -> Vec<Vec<u8>> {
         let mut buf = vec![0u8; packet.len() + 256];
         match encapsulate(&from.table, packet, &mut buf) {
