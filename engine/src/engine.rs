@@ -268,15 +268,11 @@ impl Control {
         DeviceStatus {
             private_key: self.private_key,
             public_key: self.identity.as_ref().map(|i| i.public.to_bytes()),
-            listen_port: self.listen_port(),
+            listen_port: self.listen_port,
             fwmark: self.fwmark,
             peers,
             drops: self.shared.drops.snapshot(),
         }
-    }
-
-    fn listen_port(&self) -> u16 {
-        self.listen_port
     }
 
     fn update(&mut self, update: DeviceUpdate) -> Result<(), UpdateError> {
@@ -285,7 +281,7 @@ impl Control {
         // The only step that can fail for reasons outside the request: do it first, so a
         // refused port leaves the rest unapplied.
         let new_sockets = match update.listen_port {
-            Some(port) if port != self.listen_port() => Some(
+            Some(port) if port != self.listen_port => Some(
                 udp::bind_group(port, self.threads, fwmark, self.recv_buffer).map_err(|e| {
                     UpdateError::PortUnavailable {
                         port,
@@ -495,7 +491,7 @@ impl Control {
             self.workers.push(worker);
         }
         tracing::info!(
-            port = self.listen_port(),
+            port = self.listen_port,
             workers = self.workers.len(),
             offload = self.tun.offload(),
             "engine listening"

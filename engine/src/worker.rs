@@ -87,7 +87,6 @@ pub struct Worker {
     recv_bufs: Vec<u8>,
     recv_meta: Vec<RecvMeta>,
     tun_out: Vec<Vec<u8>>,
-    tun_out_len: usize,
     gro: GROTable,
     scratch: Vec<u8>,
 }
@@ -133,7 +132,6 @@ impl Worker {
                     b
                 })
                 .collect(),
-            tun_out_len: 0,
             gro: GROTable::default(),
             scratch: vec![0; MAX_DATAGRAM + dataplane::MIN_OUTPUT_LEN],
         };
@@ -327,7 +325,7 @@ impl Worker {
             dual_stack: self.dual_stack,
             tun: &self.tun,
             tun_out: &mut self.tun_out,
-            tun_out_len: &mut self.tun_out_len,
+            tun_out_len: 0,
             gro: &mut self.gro,
             scratch: &mut self.scratch,
         };
@@ -369,7 +367,8 @@ struct TunSink<'w> {
     dual_stack: bool,
     tun: &'w SyncDevice,
     tun_out: &'w mut [Vec<u8>],
-    tun_out_len: &'w mut usize,
+    /// Packets waiting in `tun_out`; every batch ends with a flush, so a sink starts empty.
+    tun_out_len: usize,
     gro: &'w mut GROTable,
     scratch: &'w mut [u8],
 }
@@ -382,10 +381,10 @@ impl TunSink<'_> {
         from: SocketAddr,
         datagram: &[u8],
     ) {
-        if *self.tun_out_len == self.tun_out.len() {
+        if self.tun_out_len == self.tun_out.len() {
             self.flush();
         }
-        let slot = &mut self.tun_out[*self.tun_out_len];
+        let slot = &mut self.tun_out[self.tun_out_len];
         // Plaintext is never longer than its datagram; handshake replies need MIN_OUTPUT_LEN.
         // Sizing to that keeps the zero-fill short.
         slot.resize(
@@ -398,7 +397,7 @@ impl TunSink<'_> {
                 // A large packet on a game's port goes out now, with what is queued before it.
                 let urgent = !policy.ports.is_empty() && policy.is_priority_packet(packet);
                 slot.truncate(OFFLOAD_HEADROOM + len);
-                *self.tun_out_len += 1;
+                self.tun_out_len += 1;
                 if urgent {
                     self.flush();
                 }
@@ -444,8 +443,8 @@ impl TunSink<'_> {
     /// Writes the decrypted packets, coalescing TCP segments of one flow (GRO) when the device
     /// has offload.
     fn flush(&mut self) {
-        let batch = &mut self.tun_out[..*self.tun_out_len];
-        *self.tun_out_len = 0;
+        let batch = &mut self.tun_out[..self.tun_out_len];
+        self.tun_out_len = 0;
         if batch.is_empty() {
             return;
         }
