@@ -7,8 +7,15 @@
 #
 #   scripts/ping-ab.sh                         lanrage vs boringtun-cli, 8 rounds of 100 pings
 #   scripts/ping-ab.sh --impls lanrage,wireguard-go --rounds 5 --count 200
+#   scripts/ping-ab.sh --pin 0                 daemons and ping all on CPU 0
 #
-# Run as root. Prints each round's average RTT and the median per implementation.
+# --pin CPU puts both daemons (every thread) and ping on one CPU: no cross-CPU wake-ups, so
+# what remains is each implementation's own per-packet cost. On virtual machines whose idle
+# CPUs halt, waking a thread on another CPU costs tens of microseconds, and which
+# implementation happens to keep the other CPU awake shows up in the unpinned figures.
+#
+# Run as root. Prints each round's average RTT, the median of the rounds, and the 10th, 50th
+# and 90th percentile of every echo per implementation.
 set -euo pipefail
 
 # shellcheck source-path=SCRIPTDIR source=netns-lib.sh
@@ -18,18 +25,24 @@ IMPLS="lanrage,boringtun-cli"
 ROUNDS=8
 COUNT=100
 INTERVAL=0.01
+PIN=""
 while (($#)); do
     case "$1" in
         --impls) IMPLS="$2"; shift 2 ;;
         --rounds) ROUNDS="$2"; shift 2 ;;
         --count) COUNT="$2"; shift 2 ;;
-        -h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --pin) PIN="$2"; shift 2 ;;
+        -h|--help) sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) nl_die "unknown argument '$1' (try --help)" ;;
     esac
 done
 
 nl_require_root
 nl_require_tools ip wg ping awk bc
+[[ -z "$PIN" ]] || nl_require_tools taskset
+[[ -z "$PIN" || "$PIN" =~ ^[0-9]+$ ]] || nl_die "--pin takes a CPU number"
+PING=(ping)
+[[ -z "$PIN" ]] || PING=(taskset -c "$PIN" ping)
 IFS=',' read -r -a impls <<<"$IMPLS"
 ((${#impls[@]} == 2)) || nl_die "--impls takes exactly two implementations"
 for impl in "${impls[@]}"; do nl_impl_require "$impl"; done
@@ -42,14 +55,30 @@ for k in 0 1; do
     nl_make_pair "${NS[$k]}-a" "${NS[$k]}-b"
     nl_tunnel_up "$impl" "${NS[$k]}-a" "${NS[$k]}-b" "la${NL_ID}${k}a" "la${NL_ID}${k}b"
     nl_wait_ping "${NS[$k]}-a" "$NL_TUN_B" 10 || nl_die "$impl: no ping through the tunnel"
-    nl_log "$impl: tunnel up"
+    if [[ -n "$PIN" ]]; then
+        for pid in "$NL_PID_A" "$NL_PID_B"; do
+            taskset -a -p -c "$PIN" "$pid" >/dev/null || nl_die "cannot pin $impl to CPU $PIN"
+        done
+    fi
+    nl_log "$impl: tunnel up${PIN:+, pinned to CPU $PIN}"
 done
+
+# echo_times NS — one round of pings; prints each echo's RTT in ms, one per line.
+echo_times() {
+    nl_in "$1" "${PING[@]}" -n -c "$COUNT" -i "$INTERVAL" -W 1 "$NL_TUN_B" 2>/dev/null \
+        | sed -n 's/.*time=\([0-9.]*\).*/\1/p' || true
+}
+mean() { awk '{s += $1} END {if (NR) printf "%.3f\n", s / NR; else print "nan"}'; }
+# percentile P FILE
+percentile() { sort -g "$2" | awk -v p="$1" '{v[NR] = $1} END {i = int(NR * p / 100); if (i < 1) i = 1; print (NR ? v[i] : "nan")}'; }
+all0="$NL_TMP/echoes-0"; all1="$NL_TMP/echoes-1"
+: >"$all0"; : >"$all1"
 
 declare -a samples0 samples1
 printf '%-7s %14s %14s\n' round "${impls[0]}" "${impls[1]}"
 for ((r = 1; r <= ROUNDS; r++)); do
-    read -r _ a0 _ _ < <(nl_ping_stats "${NS[0]}-a" "$NL_TUN_B" "$COUNT" "$INTERVAL")
-    read -r _ a1 _ _ < <(nl_ping_stats "${NS[1]}-a" "$NL_TUN_B" "$COUNT" "$INTERVAL")
+    echo_times "${NS[0]}-a" >"$NL_TMP/round"; a0="$(mean <"$NL_TMP/round")"; cat "$NL_TMP/round" >>"$all0"
+    echo_times "${NS[1]}-a" >"$NL_TMP/round"; a1="$(mean <"$NL_TMP/round")"; cat "$NL_TMP/round" >>"$all1"
     samples0+=("$a0"); samples1+=("$a1")
     printf '%-7s %11s ms %11s ms\n' "$r" "$a0" "$a1"
 done
@@ -59,3 +88,7 @@ m0="$(median "${samples0[@]}")"
 m1="$(median "${samples1[@]}")"
 printf '%-7s %11s ms %11s ms   (%s / %s = %.2f)\n' median "$m0" "$m1" "${impls[0]}" "${impls[1]}" \
     "$(echo "$m0 / $m1" | bc -l)"
+for p in 10 50 90; do
+    q0="$(percentile "$p" "$all0")"; q1="$(percentile "$p" "$all1")"
+    printf '%-7s %11s ms %11s ms   (%.2f)\n' "p$p" "$q0" "$q1" "$(echo "$q0 / $q1" | bc -l)"
+done
