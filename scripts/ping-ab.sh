@@ -63,22 +63,23 @@ for k in 0 1; do
     nl_log "$impl: tunnel up${PIN:+, pinned to CPU $PIN}"
 done
 
-# echo_times NS — one round of pings; prints each echo's RTT in ms, one per line.
-echo_times() {
-    nl_in "$1" "${PING[@]}" -n -c "$COUNT" -i "$INTERVAL" -W 1 "$NL_TUN_B" 2>/dev/null \
-        | sed -n 's/.*time=\([0-9.]*\).*/\1/p' || true
+# ping_round K — one round of pings through tunnel K: appends each echo's RTT (ms) to
+# $NL_TMP/echoes-K and prints the round's mean, or "nan" if nothing came back.
+ping_round() {
+    nl_in "${NS[$1]}-a" "${PING[@]}" -n -c "$COUNT" -i "$INTERVAL" -W 1 "$NL_TUN_B" 2>/dev/null \
+        | sed -n 's/.*time=\([0-9.]*\).*/\1/p' >"$NL_TMP/round" || true
+    cat "$NL_TMP/round" >>"$NL_TMP/echoes-$1"
+    awk '{s += $1} END {if (NR) printf "%.3f\n", s / NR; else print "nan"}' "$NL_TMP/round"
 }
-mean() { awk '{s += $1} END {if (NR) printf "%.3f\n", s / NR; else print "nan"}'; }
-# percentile P FILE
-percentile() { sort -g "$2" | awk -v p="$1" '{v[NR] = $1} END {i = int(NR * p / 100); if (i < 1) i = 1; print (NR ? v[i] : "nan")}'; }
-all0="$NL_TMP/echoes-0"; all1="$NL_TMP/echoes-1"
-: >"$all0"; : >"$all1"
+# percentile P K — the P-th percentile of every echo through tunnel K.
+percentile() { sort -g "$NL_TMP/echoes-$2" | awk -v p="$1" '{v[NR] = $1} END {i = int(NR * p / 100); if (i < 1) i = 1; print (NR ? v[i] : "nan")}'; }
+: >"$NL_TMP/echoes-0"; : >"$NL_TMP/echoes-1"
 
 declare -a samples0 samples1
 printf '%-7s %14s %14s\n' round "${impls[0]}" "${impls[1]}"
 for ((r = 1; r <= ROUNDS; r++)); do
-    echo_times "${NS[0]}-a" >"$NL_TMP/round"; a0="$(mean <"$NL_TMP/round")"; cat "$NL_TMP/round" >>"$all0"
-    echo_times "${NS[1]}-a" >"$NL_TMP/round"; a1="$(mean <"$NL_TMP/round")"; cat "$NL_TMP/round" >>"$all1"
+    a0="$(ping_round 0)"
+    a1="$(ping_round 1)"
     samples0+=("$a0"); samples1+=("$a1")
     printf '%-7s %11s ms %11s ms\n' "$r" "$a0" "$a1"
 done
@@ -89,6 +90,6 @@ m1="$(median "${samples1[@]}")"
 printf '%-7s %11s ms %11s ms   (%s / %s = %.2f)\n' median "$m0" "$m1" "${impls[0]}" "${impls[1]}" \
     "$(echo "$m0 / $m1" | bc -l)"
 for p in 10 50 90; do
-    q0="$(percentile "$p" "$all0")"; q1="$(percentile "$p" "$all1")"
+    q0="$(percentile "$p" 0)"; q1="$(percentile "$p" 1)"
     printf '%-7s %11s ms %11s ms   (%.2f)\n' "p$p" "$q0" "$q1" "$(echo "$q0 / $q1" | bc -l)"
 done
