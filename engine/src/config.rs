@@ -39,6 +39,9 @@ pub struct EngineConfig {
     /// UDP receive buffer per socket in bytes: bounds the standing queue under load (see
     /// [`crate::io::udp::DEFAULT_RECV_BUFFER`]).
     pub recv_buffer: usize,
+    /// Keep each worker on its own CPUs at light load and steer small datagrams to the
+    /// worker of the CPU they arrive on (see [`crate::io::cpu`]).
+    pub cpu_locality: bool,
 }
 
 impl Default for EngineConfig {
@@ -49,6 +52,7 @@ impl Default for EngineConfig {
             fwmark: 0,
             priority: PriorityPolicy::default(),
             recv_buffer: crate::io::udp::DEFAULT_RECV_BUFFER,
+            cpu_locality: true,
         }
     }
 }

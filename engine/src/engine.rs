@@ -15,6 +15,7 @@ use crate::config::{
     DeviceStatus, DeviceUpdate, EngineConfig, Event, Key, PeerStatus, PeerUpdate, Prefix,
     UpdateError,
 };
+use crate::io::cpu::{self, CpuLayout};
 use crate::io::tun::TunDevice;
 use crate::io::udp;
 use crate::peer::Peer;
@@ -82,6 +83,7 @@ impl Engine {
             threads,
             fwmark: config.fwmark,
             recv_buffer: config.recv_buffer,
+            cpu_locality: config.cpu_locality,
             sockets: Vec::new(),
             dual_stack: false,
             listen_port: 0,
@@ -168,6 +170,7 @@ struct Control {
     threads: usize,
     fwmark: u32,
     recv_buffer: usize,
+    cpu_locality: bool,
     sockets: Vec<Arc<UdpSocket>>,
     /// Whether the sockets are IPv6 with IPv4 mapped (then IPv4 destinations need mapping).
     dual_stack: bool,
@@ -477,6 +480,21 @@ impl Control {
         self.shared.table.store(Arc::new(table));
     }
 
+    /// Sets up CPU locality for the current sockets (see `io::cpu`), or says why not.
+    fn cpu_layout(&self) -> Option<CpuLayout> {
+        if !self.cpu_locality {
+            return None;
+        }
+        let layout = CpuLayout::detect(self.sockets.len())?;
+        match cpu::steer_by_cpu(&self.sockets[0], layout.workers()) {
+            Ok(()) => Some(layout),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot steer datagrams by CPU; workers float");
+                None
+            }
+        }
+    }
+
     /// Replaces the sockets and restarts the workers on them (start-up, listen-port change).
     fn install_sockets(&mut self, sockets: Vec<UdpSocket>) -> std::io::Result<()> {
         for worker in self.workers.drain(..) {
@@ -486,14 +504,25 @@ impl Control {
         let local = self.sockets.first().and_then(|s| s.local_addr().ok());
         self.dual_stack = local.is_some_and(|a| a.is_ipv6());
         self.listen_port = local.map_or(0, |a| a.port());
+        let layout = self.cpu_layout();
         for (i, socket) in self.sockets.iter().enumerate() {
-            let worker = Worker::spawn(i, self.shared.clone(), socket.clone(), self.tun.queue(i))?;
+            let cpus = layout
+                .as_ref()
+                .map(|l| (l.cpus(i).to_vec(), l.all().to_vec()));
+            let worker = Worker::spawn(
+                i,
+                self.shared.clone(),
+                socket.clone(),
+                self.tun.queue(i),
+                cpus,
+            )?;
             self.workers.push(worker);
         }
         tracing::info!(
             port = self.listen_port,
             workers = self.workers.len(),
             offload = self.tun.offload(),
+            cpu_locality = layout.is_some(),
             "engine listening"
         );
         Ok(())

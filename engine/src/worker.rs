@@ -17,6 +17,7 @@ use tun_rs::{GROTable, SyncDevice};
 
 use crate::config::Event;
 use crate::dataplane::{self, Inbound, Outbound};
+use crate::io::cpu::{self, Governor, Placement};
 use crate::io::tun::{MAX_MTU, OFFLOAD_HEADROOM};
 use crate::io::udp::{canonical, for_socket};
 use crate::priority::PriorityPolicy;
@@ -89,15 +90,27 @@ pub struct Worker {
     tun_out: Vec<Vec<u8>>,
     gro: GROTable,
     scratch: Vec<u8>,
+    /// Packets handled since the governor last heard.
+    handled: usize,
+    locality: Option<Locality>,
+}
+
+/// A worker's CPUs and when to keep to them (see `io::cpu`).
+struct Locality {
+    own: Vec<usize>,
+    all: Vec<usize>,
+    governor: Governor,
 }
 
 impl Worker {
     /// Builds a worker and its buffers; everything the packet path needs is allocated here.
+    /// `cpus`, with CPU locality: the worker's own CPUs, and every CPU (see `io::cpu`).
     pub fn spawn(
         id: usize,
         shared: Arc<Shared>,
         udp: Arc<UdpSocket>,
         tun: Arc<SyncDevice>,
+        cpus: Option<(Vec<usize>, Vec<usize>)>,
     ) -> io::Result<WorkerHandle> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
@@ -134,10 +147,27 @@ impl Worker {
                 .collect(),
             gro: GROTable::default(),
             scratch: vec![0; MAX_DATAGRAM + dataplane::MIN_OUTPUT_LEN],
+            handled: 0,
+            locality: None,
         };
         let thread = std::thread::Builder::new()
-            .name(format!("lanrage-worker-{id}"))
-            .spawn(move || worker.run())?;
+            // Thread names are cut at 15 bytes: "lanrage-worker-N" lost its number.
+            .name(format!("lanrage-wk{id}"))
+            .spawn(move || {
+                worker.locality = cpus.and_then(|(own, all)| {
+                    cpu::pin_current_thread(&own)
+                        .inspect_err(|e| {
+                            tracing::warn!(worker = id, error = %e, "cannot pin worker to its CPUs")
+                        })
+                        .ok()?;
+                    Some(Locality {
+                        own,
+                        all,
+                        governor: Governor::new(Instant::now()),
+                    })
+                });
+                worker.run()
+            })?;
         Ok(WorkerHandle {
             stop,
             waker,
@@ -172,6 +202,26 @@ impl Worker {
             if tun_ready {
                 tun_ready = self.tun_batch();
             }
+            self.govern();
+        }
+    }
+
+    /// Pins or floats the worker as its load changes.
+    fn govern(&mut self) {
+        let Some(locality) = &mut self.locality else {
+            return;
+        };
+        locality.governor.record(std::mem::take(&mut self.handled));
+        let Some(placement) = locality.governor.poll(Instant::now()) else {
+            return;
+        };
+        let cpus = match placement {
+            Placement::Pinned => &locality.own,
+            Placement::Floating => &locality.all,
+        };
+        if let Err(e) = cpu::pin_current_thread(cpus) {
+            tracing::warn!(error = %e, ?placement, "cannot change the worker's CPUs");
+            self.locality = None;
         }
     }
 
@@ -206,6 +256,7 @@ impl Worker {
                 return false;
             }
         };
+        self.handled += n;
         let table = self.shared.table.load();
         let policy = self.shared.priority.load();
         let mut at = 0;
@@ -348,6 +399,7 @@ impl Worker {
                 };
                 for datagram in received.chunks(stride.max(1)) {
                     if lane.is_none_or(|small| policy.is_small_datagram(datagram.len()) == small) {
+                        self.handled += 1;
                         sink.handle(&table, &policy, from, datagram);
                     }
                 }

@@ -46,6 +46,10 @@ pub struct WgArgs {
     /// Latency lane: UDP/TCP ports (e.g. a game's) whose packets go out ahead of bulk.
     #[arg(long, value_name = "PORT,...", value_delimiter = ',')]
     pub priority_ports: Vec<u16>,
+    /// Let workers run on any CPU at every load. By default each keeps to its own CPUs while
+    /// traffic is light, which takes cross-CPU wake-ups out of the ping path.
+    #[arg(long)]
+    pub no_cpu_locality: bool,
     /// Interface name (at most 15 bytes).
     pub ifname: String,
 }
@@ -89,6 +93,7 @@ fn serve(args: &WgArgs) -> Result<()> {
             ports: args.priority_ports.clone(),
         },
         recv_buffer: args.socket_buffer,
+        cpu_locality: !args.no_cpu_locality,
         ..EngineConfig::default()
     };
     let (engine, events) = Engine::start(tun, config).context("cannot start the engine")?;
