@@ -15,7 +15,7 @@ use crate::config::{
     DeviceStatus, DeviceUpdate, EngineConfig, Event, Key, PeerStatus, PeerUpdate, Prefix,
     UpdateError,
 };
-use crate::io::cpu::{self, CpuLayout};
+use crate::io::cpu::{CpuLayout, Steering};
 use crate::io::tun::TunDevice;
 use crate::io::udp;
 use crate::peer::Peer;
@@ -23,7 +23,7 @@ use crate::priority::PriorityPolicy;
 use crate::shared::Shared;
 use crate::stats::DropCounters;
 use crate::table::{Identity, PeerTable};
-use crate::worker::{Worker, WorkerHandle, send_one};
+use crate::worker::{Worker, WorkerCpus, WorkerHandle, send_one};
 
 /// WireGuard's timers (handshake retry, keepalive, rekey) are specified in seconds; ticking
 /// every 100 ms keeps them accurate to well within that.
@@ -481,13 +481,13 @@ impl Control {
     }
 
     /// Sets up CPU locality for the current sockets (see `io::cpu`), or says why not.
-    fn cpu_layout(&self) -> Option<CpuLayout> {
+    fn cpu_layout(&self) -> Option<(CpuLayout, Arc<Steering>)> {
         if !self.cpu_locality {
             return None;
         }
         let layout = CpuLayout::detect(self.sockets.len())?;
-        match cpu::steer_by_cpu(&self.sockets[0], layout.workers()) {
-            Ok(()) => Some(layout),
+        match Steering::attach(self.sockets[0].clone(), layout.workers()) {
+            Ok(steering) => Some((layout, Arc::new(steering))),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot steer datagrams by CPU; workers float");
                 None
@@ -506,9 +506,11 @@ impl Control {
         self.listen_port = local.map_or(0, |a| a.port());
         let layout = self.cpu_layout();
         for (i, socket) in self.sockets.iter().enumerate() {
-            let cpus = layout
-                .as_ref()
-                .map(|l| (l.cpus(i).to_vec(), l.all().to_vec()));
+            let cpus = layout.as_ref().map(|(l, steering)| WorkerCpus {
+                own: l.cpus(i).to_vec(),
+                all: l.all().to_vec(),
+                steering: steering.clone(),
+            });
             let worker = Worker::spawn(
                 i,
                 self.shared.clone(),

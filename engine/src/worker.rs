@@ -17,7 +17,7 @@ use tun_rs::{GROTable, SyncDevice};
 
 use crate::config::Event;
 use crate::dataplane::{self, Inbound, Outbound};
-use crate::io::cpu::{self, Governor, Placement};
+use crate::io::cpu::{self, Governor, Placement, Steering};
 use crate::io::tun::{MAX_MTU, OFFLOAD_HEADROOM};
 use crate::io::udp::{canonical, for_socket};
 use crate::priority::PriorityPolicy;
@@ -95,22 +95,31 @@ pub struct Worker {
     locality: Option<Locality>,
 }
 
-/// A worker's CPUs and when to keep to them (see `io::cpu`).
+/// A worker's CPUs (see `io::cpu`).
+pub struct WorkerCpus {
+    /// Where it runs at light load.
+    pub own: Vec<usize>,
+    /// Where it runs under heavy load.
+    pub all: Vec<usize>,
+    /// Told of every change, to steer datagrams accordingly.
+    pub steering: Arc<Steering>,
+}
+
+/// A worker's CPUs and when to keep to them.
 struct Locality {
-    own: Vec<usize>,
-    all: Vec<usize>,
+    cpus: WorkerCpus,
     governor: Governor,
 }
 
 impl Worker {
     /// Builds a worker and its buffers; everything the packet path needs is allocated here.
-    /// `cpus`, with CPU locality: the worker's own CPUs, and every CPU (see `io::cpu`).
+    /// `cpus`: given with CPU locality.
     pub fn spawn(
         id: usize,
         shared: Arc<Shared>,
         udp: Arc<UdpSocket>,
         tun: Arc<SyncDevice>,
-        cpus: Option<(Vec<usize>, Vec<usize>)>,
+        cpus: Option<WorkerCpus>,
     ) -> io::Result<WorkerHandle> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
@@ -154,15 +163,14 @@ impl Worker {
             // Thread names are cut at 15 bytes: "lanrage-worker-N" lost its number.
             .name(format!("lanrage-wk{id}"))
             .spawn(move || {
-                worker.locality = cpus.and_then(|(own, all)| {
-                    cpu::pin_current_thread(&own)
+                worker.locality = cpus.and_then(|cpus| {
+                    cpu::pin_current_thread(&cpus.own)
                         .inspect_err(|e| {
                             tracing::warn!(worker = id, error = %e, "cannot pin worker to its CPUs")
                         })
                         .ok()?;
                     Some(Locality {
-                        own,
-                        all,
+                        cpus,
                         governor: Governor::new(Instant::now()),
                     })
                 });
@@ -216,12 +224,15 @@ impl Worker {
             return;
         };
         let cpus = match placement {
-            Placement::Pinned => &locality.own,
-            Placement::Floating => &locality.all,
+            Placement::Pinned => &locality.cpus.own,
+            Placement::Floating => &locality.cpus.all,
         };
-        if let Err(e) = cpu::pin_current_thread(cpus) {
-            tracing::warn!(error = %e, ?placement, "cannot change the worker's CPUs");
-            self.locality = None;
+        match cpu::pin_current_thread(cpus) {
+            Ok(()) => locality.cpus.steering.placement_changed(placement),
+            Err(e) => {
+                tracing::warn!(error = %e, ?placement, "cannot change the worker's CPUs");
+                self.locality = None;
+            }
         }
     }
 
