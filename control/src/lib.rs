@@ -3,4 +3,8 @@
 //! Protocol logic lives here as sans-IO code: parsers and state machines that take input and
 //! return output, with sockets, clocks and databases left to the caller.
 
+pub mod ipam;
+pub mod nat;
+pub mod party;
+pub mod peer_id;
 pub mod uapi;

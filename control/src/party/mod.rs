@@ -1,0 +1,12 @@
+//! Parties: friends who share one virtual LAN. The control server keeps them in a
+//! [`Registry`]; a party is joined with its [`code::PartyCode`], and join attempts are
+//! rate limited per client ([`rate_limit::JoinLimiter`]).
+
+pub mod code;
+pub mod rate_limit;
+mod registry;
+
+pub use registry::{
+    LeaveReason, MAX_ENDPOINTS, MAX_NAME_CHARS, Member, Notice, PartyError, PartyEvent, PartyId,
+    PartyRecord, PartyView, Registry, RegistryConfig,
+};
