@@ -5,6 +5,7 @@
 pub mod code;
 pub mod rate_limit;
 mod registry;
+pub mod store;
 
 pub use registry::{
     LeaveReason, MAX_ENDPOINTS, MAX_NAME_CHARS, Member, Notice, PartyError, PartyEvent, PartyId,

@@ -2,7 +2,7 @@
 //! time, results and notices for other members come out. Storage, HTTP and push connections
 //! live in the server around it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -179,6 +179,8 @@ pub struct Registry {
     by_peer: HashMap<PeerId, PartyId>,
     next_id: u64,
     notices: Vec<Notice>,
+    /// Parties created, changed or ended since the caller last stored them.
+    changed: BTreeSet<PartyId>,
 }
 
 impl Registry {
@@ -192,6 +194,7 @@ impl Registry {
             by_peer: HashMap::new(),
             next_id: 1,
             notices: Vec::new(),
+            changed: BTreeSet::new(),
         })
     }
 
@@ -234,6 +237,7 @@ impl Registry {
         );
         self.by_code.insert(code, id);
         self.by_peer.insert(creator, id);
+        self.changed.insert(id);
         self.view(id).ok_or(PartyError::WrongCode)
     }
 
@@ -262,6 +266,7 @@ impl Registry {
         party.members.insert(peer, MemberState::new(name, now));
         self.remove_from_current(peer, LeaveReason::Moved);
         self.by_peer.insert(peer, id);
+        self.changed.insert(id);
         if let Some(member) = self.member(id, peer) {
             self.notify_others(id, peer, PartyEvent::Joined(member));
         }
@@ -300,6 +305,7 @@ impl Registry {
             changed = true;
         }
         if changed {
+            self.changed.insert(id);
             if let Some(member) = self.member(id, peer) {
                 self.notify_others(id, peer, PartyEvent::Updated(member));
             }
@@ -341,25 +347,36 @@ impl Registry {
         self.notices.drain(..)
     }
 
+    /// Parties created, changed or ended since the last call: store `record(id)`, or delete
+    /// the party where that is `None`.
+    pub fn drain_changed(&mut self) -> Vec<PartyId> {
+        std::mem::take(&mut self.changed).into_iter().collect()
+    }
+
+    /// A party as stored; `None` once it has ended.
+    pub fn record(&self, id: PartyId) -> Option<PartyRecord> {
+        let party = self.parties.get(&id)?;
+        let view = self.view(id)?;
+        let mut departed: Vec<_> = party
+            .pool
+            .reservations()
+            .filter(|(peer, _)| !party.members.contains_key(peer))
+            .collect();
+        departed.sort();
+        Some(PartyRecord {
+            id,
+            name: view.name,
+            code: view.code,
+            members: view.members,
+            departed,
+        })
+    }
+
     /// Every party, for storage.
     pub fn records(&self) -> Vec<PartyRecord> {
         self.parties
-            .iter()
-            .filter_map(|(&id, party)| {
-                let view = self.view(id)?;
-                let departed = party
-                    .pool
-                    .reservations()
-                    .filter(|(peer, _)| !party.members.contains_key(peer))
-                    .collect();
-                Some(PartyRecord {
-                    id,
-                    name: view.name,
-                    code: view.code,
-                    members: view.members,
-                    departed,
-                })
-            })
+            .keys()
+            .filter_map(|&id| self.record(id))
             .collect()
     }
 
@@ -420,6 +437,7 @@ impl Registry {
         };
         party.members.remove(&peer);
         party.pool.release(peer);
+        self.changed.insert(id);
         if party.members.is_empty() {
             let code = party.code;
             self.parties.remove(&id);
@@ -675,6 +693,23 @@ mod tests {
             r.heartbeat(t, peer(9), None, None),
             Err(PartyError::NotInParty)
         );
+    }
+
+    #[test]
+    fn every_change_is_reported_for_storage() {
+        let t = Instant::now();
+        let mut r = registry();
+        let one = r.create(t, peer(1), "a", "p", code(1)).unwrap().id;
+        assert_eq!(r.drain_changed(), vec![one]);
+        assert!(r.drain_changed().is_empty());
+        r.join(t, &code(1), peer(2), "b").unwrap();
+        // A heartbeat that changes nothing is not a change.
+        r.heartbeat(t, peer(2), None, None).unwrap();
+        assert_eq!(r.drain_changed(), vec![one]);
+        r.leave(peer(1)).unwrap();
+        r.leave(peer(2)).unwrap();
+        assert_eq!(r.drain_changed(), vec![one]);
+        assert_eq!(r.record(one), None, "an ended party is deleted");
     }
 
     #[test]
