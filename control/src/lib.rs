@@ -3,8 +3,10 @@
 //! Protocol logic lives here as sans-IO code: parsers and state machines that take input and
 //! return output, with sockets, clocks and databases left to the caller.
 
+pub mod auth;
 pub mod ipam;
 pub mod nat;
 pub mod party;
 pub mod peer_id;
+pub mod server_api;
 pub mod uapi;

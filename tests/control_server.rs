@@ -1,0 +1,415 @@
+//! `lanrage control-server` over real HTTP and WebSocket on loopback: authentication by key
+//! possession, parties created and joined, pushed events, errors as JSON, rate limiting, and
+//! parties that survive a restart. No root needed.
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use boringtun::x25519::{PublicKey, StaticSecret};
+use lanrage_control::auth::{self, Challenge};
+use lanrage_control::peer_id::PeerId;
+use lanrage_control::server_api::{
+    ChallengeResponse, ErrorJson, EventJson, PartyJson, TokenResponse,
+};
+use serde_json::{Value, json};
+use tungstenite::client::IntoClientRequest;
+use tungstenite::stream::MaybeTlsStream;
+use tungstenite::{Message, WebSocket};
+
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+const EVENT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A control server process; killed on drop.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Server {
+    fn start(db: &Path) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_lanrage"))
+            .args(["control-server", "--listen", "127.0.0.1:0", "--db"])
+            .arg(db)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cannot start lanrage control-server");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("lanrage control-server: listening on ") {
+                    let _ = tx.send(addr.parse::<SocketAddr>().expect("a socket address"));
+                }
+            }
+        });
+        let addr = rx.recv_timeout(START_TIMEOUT).unwrap_or_else(|_| {
+            panic!("control server did not report its address within {START_TIMEOUT:?}")
+        });
+        Server { child, addr }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(5)))
+        .build()
+        .into()
+}
+
+/// A player: a WireGuard key and, once authenticated, a token.
+struct Player {
+    secret: StaticSecret,
+    id: PeerId,
+    token: String,
+}
+
+impl Player {
+    fn new(seed: u8) -> Player {
+        let secret = StaticSecret::from([seed; 32]);
+        let id = PeerId(PublicKey::from(&secret).to_bytes());
+        Player {
+            secret,
+            id,
+            token: String::new(),
+        }
+    }
+
+    fn login(&mut self, server: &Server) {
+        let (status, body) = post(server, "/v1/auth/challenge", None, json!({"peer": self.id}));
+        assert_eq!(status, 200, "{body}");
+        let challenge: ChallengeResponse = serde_json::from_value(body).unwrap();
+        let server_key: PeerId = challenge.server_key.parse().unwrap();
+        let parsed: Challenge = challenge.challenge.parse().unwrap();
+        let proof = auth::prove(&self.secret.to_bytes(), server_key.as_bytes(), &parsed).unwrap();
+        let (status, body) = post(
+            server,
+            "/v1/auth/token",
+            None,
+            json!({"peer": self.id, "challenge": challenge.challenge, "proof": proof.to_string()}),
+        );
+        assert_eq!(status, 200, "{body}");
+        let token: TokenResponse = serde_json::from_value(body).unwrap();
+        self.token = token.token;
+    }
+
+    fn post(&self, server: &Server, path: &str, body: Value) -> (u16, Value) {
+        post(server, path, Some(&self.token), body)
+    }
+
+    fn events(&self, server: &Server) -> Events {
+        let mut request = format!("ws://{}/v1/events", server.addr)
+            .into_client_request()
+            .unwrap();
+        request.headers_mut().insert(
+            "Authorization",
+            format!("Bearer {}", self.token).parse().unwrap(),
+        );
+        let (socket, _) = tungstenite::connect(request).expect("event stream");
+        if let MaybeTlsStream::Plain(stream) = socket.get_ref() {
+            stream.set_read_timeout(Some(EVENT_TIMEOUT)).unwrap();
+        }
+        Events(socket)
+    }
+}
+
+struct Events(WebSocket<MaybeTlsStream<TcpStream>>);
+
+impl Events {
+    /// The next event, within EVENT_TIMEOUT.
+    fn next(&mut self) -> EventJson {
+        let deadline = Instant::now() + EVENT_TIMEOUT;
+        while Instant::now() < deadline {
+            match self.0.read() {
+                Ok(Message::Text(text)) => return serde_json::from_str(&text).unwrap(),
+                Ok(_) => {}
+                Err(e) => panic!("no event within {EVENT_TIMEOUT:?}: {e}"),
+            }
+        }
+        panic!("no event within {EVENT_TIMEOUT:?}");
+    }
+}
+
+fn post(server: &Server, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
+    let mut request = agent().post(server.url(path));
+    if let Some(token) = token {
+        request = request.header("Authorization", format!("Bearer {token}"));
+    }
+    let mut response = request.send_json(body).expect("HTTP request");
+    read(&mut response)
+}
+
+fn get(server: &Server, path: &str, token: &str) -> (u16, Value) {
+    let mut response = agent()
+        .get(server.url(path))
+        .header("Authorization", format!("Bearer {token}"))
+        .call()
+        .expect("HTTP request");
+    read(&mut response)
+}
+
+fn read(response: &mut ureq::http::Response<ureq::Body>) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let text = response.body_mut().read_to_string().unwrap_or_default();
+    let value = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}"))
+    };
+    (status, value)
+}
+
+/// The error message of a JSON error body.
+fn error(body: Value) -> String {
+    serde_json::from_value::<ErrorJson>(body).unwrap().error
+}
+
+fn temp_db(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("lanrage-cs-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join("control.db")
+}
+
+#[test]
+fn parties_are_created_joined_pushed_and_survive_a_restart() {
+    let db = temp_db("party");
+    let server = Server::start(&db);
+    let (mut alice, mut bob, mut carol) = (Player::new(1), Player::new(2), Player::new(3));
+    for p in [&mut alice, &mut bob, &mut carol] {
+        p.login(&server);
+    }
+
+    let (status, body) = alice.post(
+        &server,
+        "/v1/parties",
+        json!({"name": "LAN night", "member_name": "alice"}),
+    );
+    assert_eq!(status, 201, "{body}");
+    let party: PartyJson = serde_json::from_value(body).unwrap();
+    assert_eq!(party.members.len(), 1);
+    assert_eq!(party.code.len(), 19, "XXXX-XXXX-XXXX-XXXX: {}", party.code);
+
+    let mut alice_events = alice.events(&server);
+    assert!(
+        matches!(alice_events.next(), EventJson::Snapshot { party: Some(p) } if p.id == party.id)
+    );
+
+    // Codes are forgiving: lower case, no dashes.
+    let typed = party.code.replace('-', "").to_lowercase();
+    let (status, body) = bob.post(
+        &server,
+        "/v1/parties/join",
+        json!({"code": typed, "member_name": "bob"}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = carol.post(
+        &server,
+        "/v1/parties/join",
+        json!({"code": party.code, "member_name": "carol"}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let joined: PartyJson = serde_json::from_value(body).unwrap();
+    let mut ips: Vec<_> = joined.members.iter().map(|m| m.virtual_ip).collect();
+    ips.sort();
+    ips.dedup();
+    assert_eq!(ips.len(), 3, "distinct addresses: {ips:?}");
+    assert!(ips.iter().all(|ip| ip.octets()[..2] == [10, 66]), "{ips:?}");
+
+    for name in ["bob", "carol"] {
+        match alice_events.next() {
+            EventJson::Joined { member } => assert_eq!(member.name, name),
+            other => panic!("expected {name} joining, got {other:?}"),
+        }
+    }
+
+    // Endpoints reach the others.
+    let (status, body) = bob.post(
+        &server,
+        "/v1/heartbeat",
+        json!({"endpoints": ["192.0.2.2:51820"], "nat": "full-cone"}),
+    );
+    assert_eq!(status, 204, "{body}");
+    match alice_events.next() {
+        EventJson::Updated { member } => {
+            assert_eq!(member.endpoints, vec!["192.0.2.2:51820".parse().unwrap()])
+        }
+        other => panic!("expected bob's endpoints, got {other:?}"),
+    }
+
+    // A member who leaves is gone from the others' view within EVENT_TIMEOUT.
+    let (status, body) = bob.post(&server, "/v1/parties/leave", json!({}));
+    assert_eq!(status, 204, "{body}");
+    match alice_events.next() {
+        EventJson::Left { peer, reason } => {
+            assert_eq!(peer, bob.id);
+            assert_eq!(reason, "left");
+        }
+        other => panic!("expected bob leaving, got {other:?}"),
+    }
+
+    // Restart: the party, its members and their addresses come back; tokens stay valid.
+    drop(alice_events);
+    drop(server);
+    let server = Server::start(&db);
+    let (status, body) = get(&server, "/v1/party", &alice.token);
+    assert_eq!(status, 200, "{body}");
+    let after: PartyJson = serde_json::from_value(body).unwrap();
+    assert_eq!(after.id, party.id);
+    assert_eq!(after.code, party.code);
+    let names: Vec<_> = after.members.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(
+        names.contains(&"alice") && names.contains(&"carol"),
+        "{names:?}"
+    );
+    let carol_ip = joined
+        .members
+        .iter()
+        .find(|m| m.name == "carol")
+        .unwrap()
+        .virtual_ip;
+    assert!(after.members.iter().any(|m| m.virtual_ip == carol_ip));
+
+    // Bob rejoins after the restart and gets his old address back.
+    let bob_ip = joined
+        .members
+        .iter()
+        .find(|m| m.name == "bob")
+        .unwrap()
+        .virtual_ip;
+    let (status, body) = bob.post(
+        &server,
+        "/v1/parties/join",
+        json!({"code": party.code, "member_name": "bob"}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let rejoined: PartyJson = serde_json::from_value(body).unwrap();
+    assert!(
+        rejoined
+            .members
+            .iter()
+            .any(|m| m.name == "bob" && m.virtual_ip == bob_ip)
+    );
+    let _ = std::fs::remove_dir_all(db.parent().unwrap());
+}
+
+#[test]
+fn bad_requests_get_json_errors_and_guessing_is_rate_limited() {
+    let db = temp_db("errors");
+    let server = Server::start(&db);
+    let mut mallory = Player::new(9);
+
+    // No token, a forged token.
+    let (status, body) = post(
+        &server,
+        "/v1/parties",
+        None,
+        json!({"name": "x", "member_name": "m"}),
+    );
+    assert_eq!(status, 401);
+    assert!(error(body).contains("Authorization"));
+    let (status, _) = post(
+        &server,
+        "/v1/parties",
+        Some("AAAA"),
+        json!({"name": "x", "member_name": "m"}),
+    );
+    assert!(status == 400 || status == 401, "{status}");
+
+    // A proof made with another key does not buy a token for this one.
+    let victim = Player::new(8);
+    let (_, body) = post(
+        &server,
+        "/v1/auth/challenge",
+        None,
+        json!({"peer": victim.id}),
+    );
+    let challenge: ChallengeResponse = serde_json::from_value(body).unwrap();
+    let (status, body) = post(
+        &server,
+        "/v1/auth/token",
+        None,
+        json!({"peer": victim.id, "challenge": challenge.challenge, "proof": "A".repeat(43) + "="}),
+    );
+    assert_eq!(status, 401, "{body}");
+
+    mallory.login(&server);
+    // Malformed JSON, a wrong field type, an oversized body.
+    let mut response = agent()
+        .post(server.url("/v1/parties"))
+        .header("Authorization", format!("Bearer {}", mallory.token))
+        .header("Content-Type", "application/json")
+        .send("{not json")
+        .unwrap();
+    let (status, body) = read(&mut response);
+    assert_eq!(status, 400);
+    assert!(!error(body).is_empty());
+    let (status, _) = mallory.post(
+        &server,
+        "/v1/parties",
+        json!({"name": 7, "member_name": "m"}),
+    );
+    assert_eq!(status, 422);
+    let (status, _) = mallory.post(
+        &server,
+        "/v1/parties",
+        json!({"name": "x".repeat(64 << 10), "member_name": "m"}),
+    );
+    assert_eq!(status, 413);
+    let (status, body) = mallory.post(
+        &server,
+        "/v1/parties",
+        json!({"name": "", "member_name": "m"}),
+    );
+    assert_eq!(status, 400);
+    assert!(error(body).contains("party name"));
+    let (status, _) = get(&server, "/v1/party", &mallory.token);
+    assert_eq!(status, 404);
+    let (status, _) = get(&server, "/v1/nothing", &mallory.token);
+    assert_eq!(status, 404);
+
+    // Wrong codes are 404s until the limiter steps in with 429 and Retry-After.
+    let mut limited = None;
+    for i in 0..40 {
+        let mut response = agent()
+            .post(server.url("/v1/parties/join"))
+            .header("Authorization", format!("Bearer {}", mallory.token))
+            .send_json(json!({"code": format!("{:016}", i), "member_name": "m"}))
+            .unwrap();
+        let retry_after = response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let (status, body) = read(&mut response);
+        match status {
+            404 => assert!(error(body).contains("no party has this code")),
+            429 => {
+                limited = Some((i, retry_after));
+                break;
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    let (attempt, retry_after) = limited.expect("join attempts were never rate limited");
+    assert!(attempt >= 5, "limited after only {attempt} attempts");
+    let secs: u64 = retry_after.expect("a Retry-After header").parse().unwrap();
+    assert!((1..=60).contains(&secs), "Retry-After {secs}");
+    let _ = std::fs::remove_dir_all(db.parent().unwrap());
+}
