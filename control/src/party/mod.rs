@@ -1,8 +1,11 @@
 //! Parties: friends who share one virtual LAN. The control server keeps them in a
-//! [`Registry`]; a party is joined with its [`code::PartyCode`], and join attempts are
-//! rate limited per client ([`rate_limit::JoinLimiter`]).
+//! [`Registry`] (stored by [`store::PartyStore`]); a party is joined with its
+//! [`code::PartyCode`], and join attempts are rate limited per client
+//! ([`rate_limit::JoinLimiter`]). A member's daemon follows its party with a
+//! [`membership::Membership`].
 
 pub mod code;
+pub mod membership;
 pub mod rate_limit;
 mod registry;
 pub mod store;
