@@ -11,6 +11,8 @@ pub fn init() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, not in log files and pipes.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         // A daemon's stderr is a pipe to the process that started it, which goes away once
         // the daemon is ready: a failed log write must not turn into a panic.
         .log_internal_errors(false)

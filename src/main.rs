@@ -1,6 +1,9 @@
 //! `lanrage`: the LANrage command line.
 
+mod cli;
 mod control_server;
+mod daemon;
+mod local_api;
 mod logging;
 mod wg;
 
@@ -18,6 +21,19 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Start the daemon: interface, engine, party membership, local API.
+    Up(daemon::UpArgs),
+    /// What the daemon is doing: interface, party, peers.
+    Status(cli::ApiArgs),
+    /// Create, join or leave a party.
+    Party {
+        #[command(subcommand)]
+        command: cli::PartyCommand,
+        #[command(flatten)]
+        api: cli::ApiArgs,
+    },
+    /// The other members: virtual IPs, endpoints, traffic.
+    Peers(cli::ApiArgs),
     /// Userspace WireGuard interface, configured with `wg` (drop-in for `wireguard-go IFNAME`).
     Wg(wg::WgArgs),
     /// Rendezvous server for parties: create, join, members' addresses and endpoints.
@@ -27,6 +43,10 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Up(args) => daemon::run(args),
+        Command::Status(api) => cli::status(&api),
+        Command::Party { command, api } => cli::party(&api, &command),
+        Command::Peers(api) => cli::peers(&api),
         Command::Wg(args) => wg::run(args),
         Command::ControlServer(args) => control_server::run(args),
     };

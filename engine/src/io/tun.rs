@@ -3,6 +3,7 @@
 //! coalesced ones (GRO) — one system call for many packets.
 
 use std::io;
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use tun_rs::{DeviceBuilder, SyncDevice};
@@ -79,8 +80,36 @@ impl TunDevice {
         self.queues[i % self.queues.len()].clone()
     }
 
+    /// A handle for the interface's addresses that stays with the owner once the engine has
+    /// taken the device.
+    pub fn addresses(&self) -> TunAddresses {
+        TunAddresses(self.queues[0].clone())
+    }
+
     /// Whether reads carry virtio-net headers (and may be GSO super-packets).
     pub fn offload(&self) -> bool {
         self.offload
+    }
+}
+
+/// Sets the TUN interface's IPv4 address (the party's virtual IP) while the engine runs.
+#[derive(Clone)]
+pub struct TunAddresses(Arc<SyncDevice>);
+
+impl TunAddresses {
+    /// Gives the interface `address/prefix_len` as its only IPv4 address, and brings it up.
+    pub fn set_ipv4(&self, address: Ipv4Addr, prefix_len: u8) -> io::Result<()> {
+        self.0.set_network_address(address, prefix_len, None)?;
+        self.0.enabled(true)
+    }
+
+    /// Removes the interface's IPv4 addresses (it stays up).
+    pub fn clear_ipv4(&self) -> io::Result<()> {
+        for address in self.0.addresses()? {
+            if address.is_ipv4() {
+                self.0.remove_address(address)?;
+            }
+        }
+        Ok(())
     }
 }

@@ -1,0 +1,158 @@
+//! The commands that talk to a running daemon through its local API: human output by
+//! default, `--json` for scripts.
+
+use std::net::SocketAddr;
+
+use anyhow::Result;
+use clap::{Args, Subcommand};
+use lanrage_control::server_api::PartyJson;
+use serde::Serialize;
+
+use crate::local_api::{Client, DEFAULT_ADDR, PeerInfo, Status};
+
+#[derive(Args, Debug, Clone)]
+pub struct ApiArgs {
+    /// The daemon's local API.
+    #[arg(long, global = true, default_value_t = DEFAULT_ADDR)]
+    pub api: SocketAddr,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum PartyCommand {
+    /// Create a party and join it; prints the code to share.
+    Create { name: String },
+    /// Join the party with this code (dashes and case do not matter).
+    Join { code: String },
+    /// Leave the current party.
+    Leave,
+}
+
+pub fn status(api: &ApiArgs) -> Result<()> {
+    let status = Client::new(api.api).status()?;
+    if api.json {
+        return print_json(&status);
+    }
+    print_status(&status);
+    Ok(())
+}
+
+pub fn peers(api: &ApiArgs) -> Result<()> {
+    let peers = Client::new(api.api).peers()?;
+    if api.json {
+        return print_json(&peers);
+    }
+    if peers.is_empty() {
+        println!("no peers (not in a party, or alone in it)");
+    }
+    print_peers(&peers);
+    Ok(())
+}
+
+pub fn party(api: &ApiArgs, command: &PartyCommand) -> Result<()> {
+    let client = Client::new(api.api);
+    match command {
+        PartyCommand::Create { name } => {
+            let party = client.create(name)?;
+            if api.json {
+                return print_json(&party);
+            }
+            println!("Created party \"{}\".", party.name);
+            println!("Share this code with your friends: {}", party.code);
+            println!("They join with: lanrage party join {}", party.code);
+            print_members(&party);
+        }
+        PartyCommand::Join { code } => {
+            let party = client.join(code)?;
+            if api.json {
+                return print_json(&party);
+            }
+            println!("Joined party \"{}\".", party.name);
+            print_members(&party);
+        }
+        PartyCommand::Leave => {
+            client.leave()?;
+            if api.json {
+                return print_json(&serde_json::json!({"left": true}));
+            }
+            println!("Left the party.");
+        }
+    }
+    Ok(())
+}
+
+fn print_json<T: Serialize>(value: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+fn print_status(s: &Status) {
+    println!("interface:  {} (port {})", s.interface, s.listen_port);
+    println!("public key: {}", s.public_key);
+    match &s.server {
+        Some(url) => println!("server:     {url} ({})", s.server_state),
+        None => println!("server:     none"),
+    }
+    match &s.party {
+        Some(p) => {
+            let ip = p.virtual_ip.map_or_else(|| "-".into(), |ip| ip.to_string());
+            println!(
+                "party:      \"{}\", code {}, {} member(s); virtual IP {ip}",
+                p.name, p.code, p.members
+            );
+        }
+        None => println!("party:      none (lanrage party create NAME | party join CODE)"),
+    }
+    if !s.peers.is_empty() {
+        println!();
+        print_peers(&s.peers);
+    }
+}
+
+fn print_members(party: &PartyJson) {
+    for m in &party.members {
+        println!("  {:<16} {}", m.virtual_ip, m.name);
+    }
+}
+
+fn print_peers(peers: &[PeerInfo]) {
+    if peers.is_empty() {
+        return;
+    }
+    println!(
+        "{:<20} {:<15} {:<22} {:>10} {:>12} {:>12}",
+        "NAME", "VIRTUAL IP", "ENDPOINT", "HANDSHAKE", "RECEIVED", "SENT"
+    );
+    for p in peers {
+        let endpoint = p.endpoint.map_or_else(|| "-".into(), |e| e.to_string());
+        let handshake = p
+            .handshake_age_secs
+            .map_or_else(|| "never".into(), |s| format!("{s} s ago"));
+        println!(
+            "{:<20} {:<15} {:<22} {:>10} {:>12} {:>12}",
+            p.name,
+            p.virtual_ip,
+            endpoint,
+            handshake,
+            bytes(p.rx_bytes),
+            bytes(p.tx_bytes)
+        );
+    }
+}
+
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}

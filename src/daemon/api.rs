@@ -1,0 +1,173 @@
+//! The local API server (see `crate::local_api`): axum on its own thread, forwarding each
+//! request to the control thread and waiting for its answer.
+
+use std::net::SocketAddr;
+
+use anyhow::{Context, Result};
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use crossbeam_channel::Sender;
+use lanrage_control::server_api::ErrorJson;
+use serde::Serialize;
+
+use super::control::{Reply, Request as ControlRequest};
+use crate::local_api::{CreateRequest, JoinRequest};
+
+type Requests = Sender<ControlRequest>;
+
+/// Binds `addr` now (so a busy port is reported at start-up) and serves on a new thread.
+pub fn spawn(addr: SocketAddr, requests: Requests) -> Result<std::thread::JoinHandle<()>> {
+    let listener = std::net::TcpListener::bind(addr)
+        .with_context(|| format!("cannot serve the local API on {addr}"))?;
+    listener.set_nonblocking(true)?;
+    let thread = std::thread::Builder::new()
+        .name("lanrage-api".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    tracing::error!(error = %e, "local API cannot start");
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                let listener = match tokio::net::TcpListener::from_std(listener) {
+                    Ok(listener) => listener,
+                    Err(e) => {
+                        tracing::error!(error = %e, "local API cannot start");
+                        return;
+                    }
+                };
+                let app = Router::new()
+                    .route("/status", get(status))
+                    .route("/api/peers", get(peers))
+                    .route("/party/create", post(create))
+                    .route("/party/join", post(join))
+                    .route("/party/leave", post(leave))
+                    .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
+                    .layer(middleware::from_fn(local_only))
+                    .with_state(requests);
+                if let Err(e) = axum::serve(listener, app).await {
+                    tracing::error!(error = %e, "local API stopped");
+                }
+            });
+        })?;
+    Ok(thread)
+}
+
+/// Refuses requests whose Host is not a loopback name: a web page cannot reach the API by
+/// pointing its own domain at 127.0.0.1 (DNS rebinding).
+async fn local_only(request: Request, next: Next) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    let name = host.rsplit_once(':').map_or(host, |(name, port)| {
+        if port.chars().all(|c| c.is_ascii_digit()) {
+            name
+        } else {
+            host
+        }
+    });
+    if matches!(name, "127.0.0.1" | "localhost" | "[::1]") {
+        next.run(request).await
+    } else {
+        error(
+            StatusCode::FORBIDDEN,
+            "the local API answers only to localhost",
+        )
+    }
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (
+        status,
+        Json(ErrorJson {
+            error: message.to_owned(),
+        }),
+    )
+        .into_response()
+}
+
+/// Sends a request to the control thread and turns its answer into a response.
+async fn ask<T: Serialize>(
+    requests: &Requests,
+    make: impl FnOnce(Reply<T>) -> ControlRequest,
+    ok: StatusCode,
+) -> Response {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    if requests.send(make(tx)).is_err() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the daemon is shutting down",
+        );
+    }
+    match rx.await {
+        Ok(Ok(value)) if ok == StatusCode::NO_CONTENT => {
+            let _ = value;
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Ok(Ok(value)) => (ok, Json(value)).into_response(),
+        Ok(Err((status, message))) => error(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            &message,
+        ),
+        Err(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the daemon is shutting down",
+        ),
+    }
+}
+
+async fn status(State(requests): State<Requests>) -> Response {
+    ask(&requests, ControlRequest::Status, StatusCode::OK).await
+}
+
+async fn peers(State(requests): State<Requests>) -> Response {
+    ask(&requests, ControlRequest::Peers, StatusCode::OK).await
+}
+
+async fn create(
+    State(requests): State<Requests>,
+    body: Result<Json<CreateRequest>, JsonRejection>,
+) -> Response {
+    let body = match body {
+        Ok(Json(body)) => body,
+        Err(e) => return error(e.status(), &e.body_text()),
+    };
+    ask(
+        &requests,
+        |r| ControlRequest::Create(body.name, r),
+        StatusCode::CREATED,
+    )
+    .await
+}
+
+async fn join(
+    State(requests): State<Requests>,
+    body: Result<Json<JoinRequest>, JsonRejection>,
+) -> Response {
+    let body = match body {
+        Ok(Json(body)) => body,
+        Err(e) => return error(e.status(), &e.body_text()),
+    };
+    ask(
+        &requests,
+        |r| ControlRequest::Join(body.code, r),
+        StatusCode::OK,
+    )
+    .await
+}
+
+async fn leave(State(requests): State<Requests>) -> Response {
+    ask(&requests, ControlRequest::Leave, StatusCode::NO_CONTENT).await
+}

@@ -1,0 +1,349 @@
+//! The control thread: owns the party membership and the connection to the control server,
+//! answers the local API, and turns membership actions into engine and interface changes.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant, SystemTime};
+
+use crossbeam_channel::{Receiver, Sender, select, unbounded};
+use lanrage_control::nat::NatType;
+use lanrage_control::party::membership::{Action, Input, Membership};
+use lanrage_control::peer_id::PeerId;
+use lanrage_control::server_api::{EventJson, PartyJson};
+use lanrage_engine::io::tun::TunAddresses;
+use lanrage_engine::{DeviceUpdate, EngineHandle, PeerUpdate, Prefix};
+
+use super::server_client::{CallError, ServerClient};
+use crate::local_api::{PartySummary, PeerInfo, Status};
+
+/// WireGuard keepalive toward party members: keeps NAT mappings open between game packets.
+const KEEPALIVE_SECS: u16 = 25;
+/// How long the loop sleeps when nothing is scheduled.
+const IDLE_WAKE: Duration = Duration::from_secs(1);
+/// How often local addresses are looked at (a laptop moves between networks).
+const ADDRESS_CHECK: Duration = Duration::from_secs(10);
+
+/// An answer for the local API: a value, or an HTTP status and message.
+pub type Reply<T> = tokio::sync::oneshot::Sender<Result<T, (u16, String)>>;
+
+pub enum Request {
+    Status(Reply<Status>),
+    Peers(Reply<Vec<PeerInfo>>),
+    Create(String, Reply<PartyJson>),
+    Join(String, Reply<PartyJson>),
+    Leave(Reply<()>),
+}
+
+pub struct ControlThread {
+    pub interface: String,
+    pub me: PeerId,
+    pub member_name: String,
+    pub listen_port: u16,
+    pub engine: EngineHandle,
+    pub addresses: TunAddresses,
+    pub client: Option<ServerClient>,
+}
+
+struct State {
+    cfg: ControlThread,
+    membership: Membership,
+    server_state: String,
+    stream_generation: u64,
+    stream_tx: Sender<(u64, Option<EventJson>)>,
+}
+
+impl ControlThread {
+    /// Runs until `shutdown` is dropped or sends.
+    pub fn run(self, requests: Receiver<Request>, shutdown: Receiver<()>) {
+        let (stream_tx, stream_rx) = unbounded();
+        let me = self.me;
+        let mut state = State {
+            cfg: self,
+            membership: Membership::new(me),
+            server_state: "not contacted yet".into(),
+            stream_generation: 0,
+            stream_tx,
+        };
+        state.resume();
+        let mut next_address_check = Instant::now();
+        loop {
+            if Instant::now() >= next_address_check {
+                state.check_reachability();
+                next_address_check = Instant::now() + ADDRESS_CHECK;
+            }
+            let wait = state
+                .membership
+                .next_timeout()
+                .map_or(IDLE_WAKE, |at| at.saturating_duration_since(Instant::now()))
+                .min(IDLE_WAKE);
+            select! {
+                recv(requests) -> request => match request {
+                    Ok(request) => state.answer(request),
+                    Err(_) => break,
+                },
+                recv(stream_rx) -> message => {
+                    if let Ok((generation, event)) = message {
+                        if generation == state.stream_generation {
+                            let input = match event {
+                                Some(event) => Input::Event(event),
+                                None => Input::EventsLost,
+                            };
+                            state.feed(input);
+                        }
+                    }
+                },
+                recv(shutdown) -> _ => break,
+                default(wait) => {
+                    let actions = state.membership.poll(Instant::now());
+                    state.apply(actions);
+                }
+            }
+        }
+    }
+}
+
+impl State {
+    /// After a restart the server still counts us as a member: carry on in that party.
+    fn resume(&mut self) {
+        let Some(client) = &mut self.cfg.client else {
+            self.server_state = "no control server configured".into();
+            return;
+        };
+        match client.party() {
+            Ok(Some(party)) => {
+                tracing::info!(party = %party.name, "resuming party membership");
+                self.server_state = "connected".into();
+                self.feed(Input::Joined(party));
+            }
+            Ok(None) => self.server_state = "connected".into(),
+            Err(e) => {
+                tracing::warn!(error = %e, "control server unavailable");
+                self.server_state = e.to_string();
+            }
+        }
+    }
+
+    /// Tells the party where we can be reached: every local IPv4 address but loopback and our
+    /// own interface, at the WireGuard port. (Reflexive and mapped addresses come with NAT
+    /// traversal.)
+    fn check_reachability(&mut self) {
+        let endpoints = match if_addrs::get_if_addrs() {
+            Ok(interfaces) => interfaces
+                .into_iter()
+                .filter(|i| i.name != self.cfg.interface && !i.is_loopback())
+                .filter_map(|i| match i.ip() {
+                    IpAddr::V4(v4) if !v4.is_link_local() => {
+                        Some(SocketAddr::new(IpAddr::V4(v4), self.cfg.listen_port))
+                    }
+                    _ => None,
+                })
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list local addresses");
+                return;
+            }
+        };
+        self.feed(Input::Reachability {
+            endpoints,
+            nat: NatType::Unknown,
+        });
+    }
+
+    fn feed(&mut self, input: Input) {
+        let actions = self.membership.handle(Instant::now(), input);
+        self.apply(actions);
+    }
+
+    fn apply(&mut self, actions: Vec<Action>) {
+        let mut lost = false;
+        for action in actions {
+            match action {
+                Action::SetAddress {
+                    address,
+                    prefix_len,
+                } => {
+                    if let Err(e) = self.cfg.addresses.set_ipv4(address, prefix_len) {
+                        tracing::error!(%address, error = %e, "cannot set the virtual IP");
+                    } else {
+                        tracing::info!(interface = %self.cfg.interface, %address, prefix_len, "virtual IP set");
+                    }
+                }
+                Action::ClearAddress => {
+                    if let Err(e) = self.cfg.addresses.clear_ipv4() {
+                        tracing::warn!(error = %e, "cannot remove the virtual IP");
+                    }
+                }
+                Action::UpsertPeer {
+                    peer,
+                    virtual_ip,
+                    endpoint,
+                } => {
+                    let mut update = PeerUpdate::new(peer.0);
+                    update.endpoint = endpoint;
+                    update.persistent_keepalive = Some(KEEPALIVE_SECS);
+                    update.replace_allowed_ips = true;
+                    update.allowed_ips = vec![Prefix {
+                        addr: IpAddr::V4(virtual_ip),
+                        cidr: 32,
+                    }];
+                    self.engine_update(update);
+                }
+                Action::RemovePeer(peer) => {
+                    let mut update = PeerUpdate::new(peer.0);
+                    update.remove = true;
+                    self.engine_update(update);
+                }
+                Action::SendHeartbeat(beat) => {
+                    if let Some(client) = &mut self.cfg.client {
+                        match client.heartbeat(&beat) {
+                            Ok(()) => self.server_state = "connected".into(),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "heartbeat failed");
+                                self.server_state = e.to_string();
+                            }
+                        }
+                    }
+                }
+                Action::ConnectEvents => {
+                    self.stream_generation += 1;
+                    if let Some(client) = &mut self.cfg.client {
+                        let generation = self.stream_generation;
+                        if let Err(e) =
+                            client.spawn_event_stream(generation, self.stream_tx.clone())
+                        {
+                            tracing::warn!(error = %e, "cannot open the event stream");
+                            lost = true;
+                        }
+                    }
+                }
+            }
+        }
+        if lost {
+            self.feed(Input::EventsLost);
+        }
+    }
+
+    fn engine_update(&self, peer: PeerUpdate) {
+        let update = DeviceUpdate {
+            peers: vec![peer],
+            ..DeviceUpdate::default()
+        };
+        if let Err(e) = self.cfg.engine.update(update) {
+            tracing::error!(error = %e, "engine refused a peer change");
+        }
+    }
+
+    fn answer(&mut self, request: Request) {
+        match request {
+            Request::Status(reply) => {
+                let _ = reply.send(Ok(self.status()));
+            }
+            Request::Peers(reply) => {
+                let _ = reply.send(Ok(self.peers()));
+            }
+            Request::Create(name, reply) => {
+                let member_name = self.cfg.member_name.clone();
+                let result = self.with_client(|c| c.create(&name, &member_name));
+                let _ = reply.send(self.joined(result));
+            }
+            Request::Join(code, reply) => {
+                let member_name = self.cfg.member_name.clone();
+                let result = self.with_client(|c| c.join(&code, &member_name));
+                let _ = reply.send(self.joined(result));
+            }
+            Request::Leave(reply) => {
+                let result = self.with_client(|c| c.leave());
+                if result.is_ok() {
+                    self.stream_generation += 1;
+                    self.feed(Input::Left);
+                }
+                let _ = reply.send(result);
+            }
+        }
+    }
+
+    fn with_client<T>(
+        &mut self,
+        call: impl FnOnce(&mut ServerClient) -> Result<T, CallError>,
+    ) -> Result<T, (u16, String)> {
+        let Some(client) = &mut self.cfg.client else {
+            return Err((
+                503,
+                "no control server configured (start the daemon with --server URL)".into(),
+            ));
+        };
+        call(client).map_err(|e| {
+            let status = match e.status {
+                // The server's verdict on the request: pass it on.
+                Some(s) if (400..500).contains(&s) => s,
+                _ => {
+                    self.server_state = e.message.clone();
+                    502
+                }
+            };
+            (status, e.message)
+        })
+    }
+
+    fn joined(
+        &mut self,
+        result: Result<PartyJson, (u16, String)>,
+    ) -> Result<PartyJson, (u16, String)> {
+        let party = result?;
+        self.server_state = "connected".into();
+        tracing::info!(party = %party.name, members = party.members.len(), "in party");
+        self.feed(Input::Joined(party.clone()));
+        Ok(party)
+    }
+
+    fn status(&self) -> Status {
+        let party = self.membership.party().map(|p| PartySummary {
+            id: p.id,
+            name: p.name.clone(),
+            code: p.code.clone(),
+            virtual_ip: p
+                .members
+                .iter()
+                .find(|m| m.peer == self.cfg.me)
+                .map(|m| m.virtual_ip),
+            members: p.members.len(),
+        });
+        Status {
+            interface: self.cfg.interface.clone(),
+            public_key: self.cfg.me.to_string(),
+            listen_port: self.cfg.listen_port,
+            server: self.cfg.client.as_ref().map(|c| c.base().to_owned()),
+            server_state: self.server_state.clone(),
+            party,
+            peers: self.peers(),
+        }
+    }
+
+    fn peers(&self) -> Vec<PeerInfo> {
+        let Some(party) = self.membership.party() else {
+            return Vec::new();
+        };
+        let engine = self.cfg.engine.status().ok();
+        party
+            .members
+            .iter()
+            .filter(|m| m.peer != self.cfg.me)
+            .map(|m| {
+                let live = engine
+                    .as_ref()
+                    .and_then(|s| s.peers.iter().find(|p| p.public_key == m.peer.0));
+                PeerInfo {
+                    name: m.name.clone(),
+                    public_key: m.peer.to_string(),
+                    virtual_ip: m.virtual_ip,
+                    endpoint: live.and_then(|p| p.endpoint),
+                    handshake_age_secs: live
+                        .and_then(|p| p.last_handshake)
+                        .and_then(|t| SystemTime::now().duration_since(t).ok())
+                        .map(|d| d.as_secs()),
+                    rx_bytes: live.map_or(0, |p| p.rx_bytes),
+                    tx_bytes: live.map_or(0, |p| p.tx_bytes),
+                }
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,134 @@
+//! `lanrage up`: the daemon. Creates the interface, loads (or creates) the WireGuard key,
+//! starts the engine, the control thread (party membership, control-server client) and the
+//! local API, and runs until SIGINT/SIGTERM, when it removes the interface. Party membership
+//! lives on the control server, so a restarted daemon carries on in its party.
+
+mod api;
+mod control;
+mod key;
+mod server_client;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use lanrage_control::peer_id::PeerId;
+use lanrage_engine::io::tun::{DEFAULT_MTU, TunDevice};
+use lanrage_engine::{DeviceUpdate, Engine, EngineConfig, default_threads};
+use x25519_dalek::{PublicKey, StaticSecret};
+
+use control::ControlThread;
+use server_client::ServerClient;
+
+#[derive(Args, Debug, Clone)]
+pub struct UpArgs {
+    /// Control server URL, e.g. http://203.0.113.5:8667.
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
+    /// Interface name.
+    #[arg(long, default_value = "lanrage0")]
+    pub interface: String,
+    /// Name shown to the other players (default: this machine's hostname).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Where the key and state are kept.
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/lanrage")]
+    pub data_dir: PathBuf,
+    /// Address of the local API the CLI talks to.
+    #[arg(long, default_value_t = crate::local_api::DEFAULT_ADDR)]
+    pub api: SocketAddr,
+    /// WireGuard UDP port (0: any free port).
+    #[arg(long, default_value_t = 0)]
+    pub listen_port: u16,
+    /// Worker threads; default: one per core.
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+}
+
+pub fn run(args: UpArgs) -> Result<()> {
+    crate::logging::init();
+    if let Some(server) = &args.server {
+        if !server.starts_with("http://") && !server.starts_with("https://") {
+            bail!("--server takes a URL such as http://203.0.113.5:8667, not {server:?}");
+        }
+    }
+    let secret = key::load_or_create(&args.data_dir.join("private.key"))?;
+    let me = PeerId(PublicKey::from(&StaticSecret::from(secret)).to_bytes());
+    let threads = args.threads.unwrap_or_else(default_threads).max(1);
+    let tun = TunDevice::create(&args.interface, threads, DEFAULT_MTU)
+        .with_context(|| format!("cannot create interface {} (are you root?)", args.interface))?;
+    let addresses = tun.addresses();
+    let (engine, engine_events) = Engine::start(
+        tun,
+        EngineConfig {
+            threads,
+            listen_port: args.listen_port,
+            ..EngineConfig::default()
+        },
+    )
+    .context("cannot start the engine")?;
+    engine
+        .handle()
+        .update(DeviceUpdate {
+            private_key: Some(Some(secret)),
+            ..DeviceUpdate::default()
+        })
+        .context("cannot give the engine its key")?;
+    let listen_port = engine.handle().status().map(|s| s.listen_port).unwrap_or(0);
+    // Non-WireGuard datagrams (STUN, probes) have no consumer yet; keep the queue drained.
+    std::thread::Builder::new()
+        .name("lanrage-engine-events".into())
+        .spawn(move || for _ in engine_events {})?;
+
+    let (requests_tx, requests_rx) = crossbeam_channel::bounded(64);
+    api::spawn(args.api, requests_tx)?;
+    let control = ControlThread {
+        interface: args.interface.clone(),
+        me,
+        member_name: args.name.clone().unwrap_or_else(hostname),
+        listen_port,
+        engine: engine.handle(),
+        addresses,
+        client: args
+            .server
+            .as_deref()
+            .map(|url| ServerClient::new(url, secret, me)),
+    };
+    let (shutdown_tx, shutdown_rx) = crossbeam_channel::bounded::<()>(0);
+    let control = std::thread::Builder::new()
+        .name("lanrage-control".into())
+        .spawn(move || control.run(requests_rx, shutdown_rx))?;
+    tracing::info!(interface = %args.interface, public_key = %me, listen_port,
+        api = %args.api, server = args.server.as_deref().unwrap_or("none"), "LANrage is up");
+    println!(
+        "lanrage: up on {} (key {me}, port {listen_port}); local API on {}",
+        args.interface, args.api
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, stop.clone())
+            .context("cannot install signal handler")?;
+    }
+    while !stop.load(Ordering::Relaxed) && !control.is_finished() {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(shutdown_tx);
+    let _ = control.join();
+    // Dropping the engine closes the TUN device, which removes the interface.
+    drop(engine);
+    tracing::info!(interface = %args.interface, "stopped");
+    Ok(())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "player".into())
+}

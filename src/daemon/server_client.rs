@@ -1,0 +1,275 @@
+//! The daemon's connection to the control server: blocking HTTP calls from the control thread
+//! (each bounded by a timeout) and the event stream read on a thread of its own.
+
+use std::net::TcpStream;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use crossbeam_channel::Sender;
+use lanrage_control::auth::{self, Challenge};
+use lanrage_control::peer_id::PeerId;
+use lanrage_control::server_api::{
+    ChallengeRequest, ChallengeResponse, CreateParty, ErrorJson, EventJson, Heartbeat, JoinParty,
+    PartyJson, TokenRequest, TokenResponse,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tungstenite::client::IntoClientRequest;
+use tungstenite::stream::MaybeTlsStream;
+use tungstenite::{Message, WebSocket};
+
+/// Bound on every request: the control thread waits for it.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// The server pings every 20 s; silence for this long means the stream is dead.
+const STREAM_SILENCE: Duration = Duration::from_secs(45);
+
+pub struct ServerClient {
+    base: String,
+    agent: ureq::Agent,
+    secret: [u8; 32],
+    me: PeerId,
+    token: Option<String>,
+}
+
+/// A failed call: the server's own message when it sent one.
+#[derive(Debug)]
+pub struct CallError {
+    pub status: Option<u16>,
+    pub message: String,
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for CallError {}
+
+impl ServerClient {
+    pub fn new(base: &str, secret: [u8; 32], me: PeerId) -> Self {
+        ServerClient {
+            base: base.trim_end_matches('/').to_owned(),
+            agent: ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_global(Some(REQUEST_TIMEOUT))
+                .build()
+                .into(),
+            secret,
+            me,
+            token: None,
+        }
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    pub fn create(&mut self, name: &str, member_name: &str) -> Result<PartyJson, CallError> {
+        let body = CreateParty {
+            name: name.to_owned(),
+            member_name: member_name.to_owned(),
+        };
+        self.call("POST", "/v1/parties", Some(&body))
+    }
+
+    pub fn join(&mut self, code: &str, member_name: &str) -> Result<PartyJson, CallError> {
+        let body = JoinParty {
+            code: code.to_owned(),
+            member_name: member_name.to_owned(),
+        };
+        self.call("POST", "/v1/parties/join", Some(&body))
+    }
+
+    pub fn leave(&mut self) -> Result<(), CallError> {
+        self.call::<(), serde_json::Value>("POST", "/v1/parties/leave", None)
+            .map(drop)
+    }
+
+    /// Our party, or `None` when the server says we are in none.
+    pub fn party(&mut self) -> Result<Option<PartyJson>, CallError> {
+        match self.call::<(), PartyJson>("GET", "/v1/party", None) {
+            Ok(party) => Ok(Some(party)),
+            Err(CallError {
+                status: Some(404), ..
+            }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn heartbeat(&mut self, beat: &Heartbeat) -> Result<(), CallError> {
+        self.call::<_, serde_json::Value>("POST", "/v1/heartbeat", Some(beat))
+            .map(drop)
+    }
+
+    /// Opens the event stream and reads it on a new thread, forwarding each event to `events`
+    /// tagged with `generation`; `None` follows when the stream ends.
+    pub fn spawn_event_stream(
+        &mut self,
+        generation: u64,
+        events: Sender<(u64, Option<EventJson>)>,
+    ) -> Result<(), CallError> {
+        let token = self.token()?;
+        let url = format!("{}/v1/events", self.base.replacen("http", "ws", 1));
+        std::thread::Builder::new()
+            .name("lanrage-events".into())
+            .spawn(move || {
+                if let Err(e) = read_events(&url, &token, generation, &events) {
+                    tracing::debug!(error = %e, "event stream ended");
+                }
+                let _ = events.send((generation, None));
+            })
+            .map_err(|e| CallError {
+                status: None,
+                message: format!("cannot start the event reader: {e}"),
+            })?;
+        Ok(())
+    }
+
+    /// A token, logging in first when there is none.
+    fn token(&mut self) -> Result<String, CallError> {
+        if let Some(token) = &self.token {
+            return Ok(token.clone());
+        }
+        let challenge: ChallengeResponse = self.send(
+            "POST",
+            "/v1/auth/challenge",
+            Some(&ChallengeRequest { peer: self.me }),
+            None,
+        )?;
+        let proof = (|| -> Result<String> {
+            let server_key: PeerId = challenge.server_key.parse()?;
+            let parsed: Challenge = challenge.challenge.parse()?;
+            Ok(auth::prove(&self.secret, server_key.as_bytes(), &parsed)?.to_string())
+        })()
+        .map_err(|e| CallError {
+            status: None,
+            message: format!("the server's challenge is unusable: {e}"),
+        })?;
+        let token: TokenResponse = self.send(
+            "POST",
+            "/v1/auth/token",
+            Some(&TokenRequest {
+                peer: self.me,
+                challenge: challenge.challenge,
+                proof,
+            }),
+            None,
+        )?;
+        self.token = Some(token.token.clone());
+        Ok(token.token)
+    }
+
+    /// An authenticated call; a refused token (expired, server keys rotated) is renewed once.
+    fn call<B: Serialize, R: DeserializeOwned>(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<R, CallError> {
+        let token = self.token()?;
+        match self.send(method, path, body, Some(&token)) {
+            Err(CallError {
+                status: Some(401), ..
+            }) => {
+                self.token = None;
+                let token = self.token()?;
+                self.send(method, path, body, Some(&token))
+            }
+            other => other,
+        }
+    }
+
+    fn send<B: Serialize, R: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&B>,
+        token: Option<&str>,
+    ) -> Result<R, CallError> {
+        let url = format!("{}{path}", self.base);
+        let unreachable = |e: ureq::Error| CallError {
+            status: None,
+            message: format!("control server {} unreachable: {e}", self.base),
+        };
+        let bearer = token.map(|t| format!("Bearer {t}"));
+        let mut response = match method {
+            "GET" => {
+                let mut request = self.agent.get(&url);
+                if let Some(bearer) = &bearer {
+                    request = request.header("Authorization", bearer);
+                }
+                request.call().map_err(unreachable)?
+            }
+            _ => {
+                let mut request = self.agent.post(&url);
+                if let Some(bearer) = &bearer {
+                    request = request.header("Authorization", bearer);
+                }
+                match body {
+                    Some(body) => request.send_json(body),
+                    None => request.send_empty(),
+                }
+                .map_err(unreachable)?
+            }
+        };
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().unwrap_or_default();
+        if !(200..300).contains(&status) {
+            let message = serde_json::from_str::<ErrorJson>(&text)
+                .map(|e| e.error)
+                .unwrap_or_else(|_| format!("HTTP {status}"));
+            return Err(CallError {
+                status: Some(status),
+                message,
+            });
+        }
+        // 204 and friends: decode "null" so unit-like results work.
+        let text = if text.trim().is_empty() {
+            "null"
+        } else {
+            &text
+        };
+        serde_json::from_str(text).map_err(|e| CallError {
+            status: Some(status),
+            message: format!("unexpected answer from the control server: {e}"),
+        })
+    }
+}
+
+fn read_events(
+    url: &str,
+    token: &str,
+    generation: u64,
+    events: &Sender<(u64, Option<EventJson>)>,
+) -> Result<()> {
+    let mut request = url.into_client_request()?;
+    request
+        .headers_mut()
+        .insert("Authorization", format!("Bearer {token}").parse()?);
+    let (mut socket, _) = connect(request)?;
+    loop {
+        match socket.read().context("event stream")? {
+            Message::Text(text) => {
+                let event: EventJson = serde_json::from_str(&text)
+                    .map_err(|e| anyhow!("garbled event from the server: {e}"))?;
+                if events.send((generation, Some(event))).is_err() {
+                    return Ok(());
+                }
+            }
+            Message::Close(_) => bail!("closed by the server"),
+            // Pings are answered by tungstenite on the next read or write.
+            _ => {}
+        }
+    }
+}
+
+fn connect(
+    request: tungstenite::handshake::client::Request,
+) -> Result<(WebSocket<MaybeTlsStream<TcpStream>>, ())> {
+    let (socket, _) = tungstenite::connect(request).context("cannot open the event stream")?;
+    if let MaybeTlsStream::Plain(stream) = socket.get_ref() {
+        stream.set_read_timeout(Some(STREAM_SILENCE))?;
+    }
+    Ok((socket, ()))
+}

@@ -1,0 +1,160 @@
+//! The daemon's local API (`127.0.0.1:8666`, JSON): the types both sides use, and the
+//! client the CLI talks through.
+//!
+//! - `GET /status` → [`Status`]
+//! - `GET /api/peers` → `[`[`PeerInfo`]`]`
+//! - `POST /party/create` [`CreateRequest`] → the party (control server's `PartyJson`)
+//! - `POST /party/join` [`JoinRequest`] → the party
+//! - `POST /party/leave` → 204
+//!
+//! Errors are `{"error": "..."}` with a 4xx/5xx status.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use anyhow::{Result, anyhow};
+use lanrage_control::server_api::{ErrorJson, PartyJson};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// Where the daemon serves its API unless told otherwise.
+pub const DEFAULT_ADDR: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 8666);
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    pub interface: String,
+    pub public_key: String,
+    pub listen_port: u16,
+    /// The control server, if any.
+    pub server: Option<String>,
+    /// `connected`, or what went wrong the last time the server was asked.
+    pub server_state: String,
+    pub party: Option<PartySummary>,
+    pub peers: Vec<PeerInfo>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PartySummary {
+    pub id: u64,
+    pub name: String,
+    pub code: String,
+    pub virtual_ip: Option<Ipv4Addr>,
+    pub members: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PeerInfo {
+    pub name: String,
+    pub public_key: String,
+    pub virtual_ip: Ipv4Addr,
+    pub endpoint: Option<SocketAddr>,
+    /// Seconds since the last WireGuard handshake, if there was one.
+    pub handshake_age_secs: Option<u64>,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateRequest {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinRequest {
+    pub code: String,
+}
+
+/// The CLI's side.
+pub struct Client {
+    base: String,
+    agent: ureq::Agent,
+}
+
+impl Client {
+    pub fn new(addr: SocketAddr) -> Self {
+        Client {
+            base: format!("http://{addr}"),
+            agent: ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                // Creating or joining waits for the control server (5 s) and the tunnel.
+                .timeout_global(Some(Duration::from_secs(15)))
+                .build()
+                .into(),
+        }
+    }
+
+    pub fn status(&self) -> Result<Status> {
+        self.get("/status")
+    }
+
+    pub fn peers(&self) -> Result<Vec<PeerInfo>> {
+        self.get("/api/peers")
+    }
+
+    pub fn create(&self, name: &str) -> Result<PartyJson> {
+        self.post(
+            "/party/create",
+            Some(&CreateRequest {
+                name: name.to_owned(),
+            }),
+        )
+    }
+
+    pub fn join(&self, code: &str) -> Result<PartyJson> {
+        self.post(
+            "/party/join",
+            Some(&JoinRequest {
+                code: code.to_owned(),
+            }),
+        )
+    }
+
+    pub fn leave(&self) -> Result<()> {
+        self.post::<(), serde_json::Value>("/party/leave", None)
+            .map(drop)
+    }
+
+    fn get<R: DeserializeOwned>(&self, path: &str) -> Result<R> {
+        let response = self.agent.get(format!("{}{path}", self.base)).call();
+        self.decode(response)
+    }
+
+    fn post<B: Serialize, R: DeserializeOwned>(&self, path: &str, body: Option<&B>) -> Result<R> {
+        let request = self.agent.post(format!("{}{path}", self.base));
+        let response = match body {
+            Some(body) => request.send_json(body),
+            None => request.send_empty(),
+        };
+        self.decode(response)
+    }
+
+    fn decode<R: DeserializeOwned>(
+        &self,
+        response: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<R> {
+        let mut response = response.map_err(|e| match e {
+            ureq::Error::Io(ref io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
+                anyhow!(
+                    "no LANrage daemon is running at {} (start one with `lanrage up`)",
+                    self.base
+                )
+            }
+            other => anyhow!("cannot reach the LANrage daemon at {}: {other}", self.base),
+        })?;
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().unwrap_or_default();
+        if !(200..300).contains(&status) {
+            let message = serde_json::from_str::<ErrorJson>(&text)
+                .map(|e| e.error)
+                .unwrap_or_else(|_| format!("HTTP {status}"));
+            return Err(anyhow!(message));
+        }
+        let text = if text.trim().is_empty() {
+            "null"
+        } else {
+            &text
+        };
+        serde_json::from_str(text).map_err(|e| anyhow!("unexpected answer from the daemon: {e}"))
+    }
+}

@@ -1,0 +1,354 @@
+//! Parties end to end, in network namespaces (root): a control server and three daemons on
+//! one LAN segment (a bridge), driven only through the `lanrage` CLI. Create, join, every pair
+//! pings over virtual IPs, a member who leaves is gone from the others within 2 s, and the
+//! party outlives a restart of the control server.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_lanrage");
+const HUB_IP: &str = "192.168.77.254";
+const SERVER_PORT: u16 = 8667;
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// First contact includes a WireGuard handshake.
+const PING_TIMEOUT: Duration = Duration::from_secs(10);
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(2);
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// Namespaces, processes and files of one test; all removed on drop, also after a panic.
+struct Lab {
+    hub: String,
+    members: Vec<String>,
+    dir: PathBuf,
+    server: Option<Child>,
+    daemons: Vec<Child>,
+}
+
+impl Lab {
+    fn new(members: usize) -> Lab {
+        let id = format!(
+            "lrp{}x{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let dir = std::env::temp_dir().join(&id);
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let lab = Lab {
+            hub: format!("{id}h"),
+            members: (1..=members).map(|i| format!("{id}m{i}")).collect(),
+            dir,
+            server: None,
+            daemons: Vec::new(),
+        };
+        run(&["ip", "netns", "add", &lab.hub]);
+        lab.in_ns(&lab.hub, &["ip", "link", "set", "lo", "up"]);
+        lab.in_ns(
+            &lab.hub.clone(),
+            &["ip", "link", "add", "br0", "type", "bridge"],
+        );
+        lab.in_ns(
+            &lab.hub.clone(),
+            &["ip", "addr", "add", &format!("{HUB_IP}/24"), "dev", "br0"],
+        );
+        lab.in_ns(&lab.hub, &["ip", "link", "set", "br0", "up"]);
+        for (i, ns) in lab.members.iter().enumerate() {
+            let n = i + 1;
+            run(&["ip", "netns", "add", ns]);
+            run(&[
+                "ip",
+                "link",
+                "add",
+                "eth0",
+                "netns",
+                ns,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &format!("p{n}"),
+                "netns",
+                &lab.hub,
+            ]);
+            lab.in_ns(
+                &lab.hub.clone(),
+                &["ip", "link", "set", &format!("p{n}"), "master", "br0", "up"],
+            );
+            lab.in_ns(
+                ns,
+                &[
+                    "ip",
+                    "addr",
+                    "add",
+                    &format!("192.168.77.{n}/24"),
+                    "dev",
+                    "eth0",
+                ],
+            );
+            lab.in_ns(ns, &["ip", "link", "set", "eth0", "up"]);
+            lab.in_ns(ns, &["ip", "link", "set", "lo", "up"]);
+        }
+        lab
+    }
+
+    fn in_ns(&self, ns: &str, args: &[&str]) -> Output {
+        let mut full = vec!["ip", "netns", "exec", ns];
+        full.extend_from_slice(args);
+        run(&full)
+    }
+
+    fn start_server(&mut self) {
+        let db = self.dir.join("control.db");
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.hub,
+                BIN,
+                "control-server",
+                "--listen",
+            ])
+            .arg(format!("{HUB_IP}:{SERVER_PORT}"))
+            .arg("--db")
+            .arg(&db)
+            .stdout(Stdio::null())
+            .stderr(log(&self.dir, "control-server"))
+            .spawn()
+            .expect("cannot start the control server");
+        self.server = Some(child);
+        wait_for("the control server to listen", START_TIMEOUT, || {
+            self.hub_listening()
+        });
+    }
+
+    /// The hub is another namespace: check its listening sockets from inside.
+    fn hub_listening(&self) -> bool {
+        let out = self.in_ns(&self.hub, &["ss", "-ltnH"]);
+        String::from_utf8_lossy(&out.stdout).contains(&format!(":{SERVER_PORT}"))
+    }
+
+    fn stop_server(&mut self) {
+        if let Some(mut child) = self.server.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn start_daemons(&mut self) {
+        for (i, ns) in self.members.clone().iter().enumerate() {
+            let n = i + 1;
+            let child = Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    ns,
+                    BIN,
+                    "up",
+                    "--interface",
+                    "lr0",
+                    "--name",
+                ])
+                .arg(format!("player{n}"))
+                .arg("--server")
+                .arg(format!("http://{HUB_IP}:{SERVER_PORT}"))
+                .arg("--data-dir")
+                .arg(self.dir.join(format!("data{n}")))
+                .stdout(Stdio::null())
+                .stderr(log(&self.dir, &format!("daemon{n}")))
+                .spawn()
+                .expect("cannot start lanrage up");
+            self.daemons.push(child);
+            wait_for(
+                &format!("the daemon in {ns} to answer"),
+                START_TIMEOUT,
+                || self.cli_status(ns, &["status", "--json"]).0,
+            );
+        }
+    }
+
+    /// Runs the CLI in `ns`: (success, stdout as JSON or Null, stderr).
+    fn cli_status(&self, ns: &str, args: &[&str]) -> (bool, Value, String) {
+        let mut full = vec!["netns", "exec", ns, BIN];
+        full.extend_from_slice(args);
+        let out = Command::new("ip")
+            .args(&full)
+            .output()
+            .expect("cannot run lanrage");
+        let json = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        (
+            out.status.success(),
+            json,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn cli(&self, ns: &str, args: &[&str]) -> Value {
+        let (ok, json, err) = self.cli_status(ns, args);
+        assert!(
+            ok,
+            "lanrage {args:?} in {ns} failed: {err}\n{}",
+            self.logs()
+        );
+        json
+    }
+
+    fn virtual_ip(&self, ns: &str) -> String {
+        let status = self.cli(ns, &["status", "--json"]);
+        status["party"]["virtual_ip"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{ns} has no virtual IP: {status}"))
+            .to_owned()
+    }
+
+    fn logs(&self) -> String {
+        let mut all = String::new();
+        for entry in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "log") {
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                let tail: Vec<_> = text.lines().rev().take(15).collect();
+                all += &format!("--- {} (last lines)\n", path.display());
+                for line in tail.into_iter().rev() {
+                    all += line;
+                    all.push('\n');
+                }
+            }
+        }
+        all
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.logs());
+        }
+        for child in self.daemons.iter_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.stop_server();
+        for ns in self.members.iter().chain(std::iter::once(&self.hub)) {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn log(dir: &std::path::Path, name: &str) -> std::fs::File {
+    std::fs::File::create(dir.join(format!("{name}.log"))).unwrap()
+}
+
+fn run(args: &[&str]) -> Output {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn pings(from: &str, to: &str) -> bool {
+    Command::new("ip")
+        .args([
+            "netns", "exec", from, "ping", "-c", "1", "-W", "1", "-q", to,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[test]
+fn three_players_form_a_party_ping_each_other_and_survive_a_server_restart() {
+    let mut lab = Lab::new(3);
+    lab.start_server();
+    lab.start_daemons();
+    let [a, b, c] = [0, 1, 2].map(|i| lab.members[i].clone());
+
+    let party = lab.cli(&a, &["party", "create", "LAN night", "--json"]);
+    let code = party["code"].as_str().expect("a party code").to_owned();
+    lab.cli(&b, &["party", "join", &code, "--json"]);
+    lab.cli(
+        &c,
+        &[
+            "party",
+            "join",
+            &code.to_lowercase().replace('-', ""),
+            "--json",
+        ],
+    );
+
+    let ips: Vec<String> = [&a, &b, &c].iter().map(|ns| lab.virtual_ip(ns)).collect();
+    let mut unique = ips.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 3, "distinct virtual IPs: {ips:?}");
+
+    for (i, from) in [&a, &b, &c].iter().enumerate() {
+        for (j, to) in ips.iter().enumerate() {
+            if i != j {
+                wait_for(&format!("{from} to ping {to}"), PING_TIMEOUT, || {
+                    pings(from, to)
+                });
+            }
+        }
+    }
+    // The CLI shows the peers and their traffic.
+    let peers = lab.cli(&a, &["peers", "--json"]);
+    assert_eq!(peers.as_array().map(Vec::len), Some(2), "{peers}");
+
+    // A member who leaves is gone from the others' peers within LEAVE_TIMEOUT.
+    lab.cli(&c, &["party", "leave", "--json"]);
+    let started = Instant::now();
+    wait_for(
+        "player3 to disappear from player1's peers",
+        LEAVE_TIMEOUT,
+        || {
+            let peers = lab.cli(&a, &["peers", "--json"]);
+            peers.as_array().is_some_and(|p| p.len() == 1)
+        },
+    );
+    eprintln!("leave seen after {:?}", started.elapsed());
+
+    // The control server restarts; the party is still there to join, with the old address.
+    lab.stop_server();
+    lab.start_server();
+    lab.cli(&c, &["party", "join", &code, "--json"]);
+    assert_eq!(lab.virtual_ip(&c), ips[2], "same address after rejoining");
+    for from in [&a, &b] {
+        wait_for(
+            &format!("{from} to ping player3 again"),
+            PING_TIMEOUT,
+            || pings(from, &ips[2]),
+        );
+    }
+}
+
+#[test]
+fn the_cli_says_clearly_when_no_daemon_runs() {
+    let lab = Lab::new(1);
+    let (ok, _, err) = lab.cli_status(&lab.members[0], &["status"]);
+    assert!(!ok);
+    assert!(err.contains("no LANrage daemon is running"), "{err}");
+}
