@@ -3,6 +3,7 @@
 mod cli;
 mod control_server;
 mod daemon;
+mod demo;
 mod local_api;
 mod logging;
 mod wg;
@@ -21,6 +22,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// A whole party on this machine in network namespaces, step by step (root).
+    Demo(demo::DemoArgs),
     /// Start the daemon: interface, engine, party membership, local API.
     Up(daemon::UpArgs),
     /// What the daemon is doing: interface, party, peers.
@@ -43,6 +46,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Demo(args) => demo::run(args),
         Command::Up(args) => daemon::run(args),
         Command::Status(api) => cli::status(&api),
         Command::Party { command, api } => cli::party(&api, &command),

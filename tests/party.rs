@@ -352,3 +352,32 @@ fn the_cli_says_clearly_when_no_daemon_runs() {
     assert!(!ok);
     assert!(err.contains("no LANrage daemon is running"), "{err}");
 }
+
+#[test]
+fn the_demo_runs_and_cleans_up() {
+    let child = Command::new(BIN)
+        .arg("demo")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot run lanrage demo");
+    let ours = format!("lrdemo{}-", child.id());
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "lanrage demo failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("ping between every pair"), "{stdout}");
+    assert_eq!(
+        stdout.matches("avg ").count(),
+        6,
+        "six pairs pinged:\n{stdout}"
+    );
+    let left = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&left.stdout).contains(&ours),
+        "the demo left namespaces {ours}* behind"
+    );
+}
