@@ -10,6 +10,9 @@ use serde::Serialize;
 
 use crate::local_api::{Client, DEFAULT_ADDR, PeerInfo, Status};
 
+/// Local parties (no control server) have no server-side id.
+const LOCAL_PARTY_ID: u64 = 0;
+
 #[derive(Args, Debug, Clone)]
 pub struct ApiArgs {
     /// The daemon's local API.
@@ -60,6 +63,9 @@ pub fn party(api: &ApiArgs, command: &PartyCommand) -> Result<()> {
                 return print_json(&party);
             }
             println!("Created party \"{}\".", party.name);
+            if party.id == LOCAL_PARTY_ID {
+                println!("No control server: only players on this LAN can join.");
+            }
             println!("Share this code with your friends: {}", party.code);
             println!("They join with: lanrage party join {}", party.code);
             print_members(&party);
@@ -71,6 +77,9 @@ pub fn party(api: &ApiArgs, command: &PartyCommand) -> Result<()> {
             }
             println!("Joined party \"{}\".", party.name);
             print_members(&party);
+            if party.id == LOCAL_PARTY_ID {
+                println!("(local party: members on this LAN appear as they announce themselves)");
+            }
         }
         PartyCommand::Leave => {
             client.leave()?;

@@ -139,10 +139,12 @@ impl Lab {
         }
     }
 
-    fn start_daemons(&mut self) {
+    /// Starts a daemon per member, with the control server or (`local`) without one.
+    fn start_daemons(&mut self, local: bool) {
         for (i, ns) in self.members.clone().iter().enumerate() {
             let n = i + 1;
-            let child = Command::new("ip")
+            let mut command = Command::new("ip");
+            command
                 .args([
                     "netns",
                     "exec",
@@ -153,9 +155,13 @@ impl Lab {
                     "lr0",
                     "--name",
                 ])
-                .arg(format!("player{n}"))
-                .arg("--server")
-                .arg(format!("http://{HUB_IP}:{SERVER_PORT}"))
+                .arg(format!("player{n}"));
+            if !local {
+                command
+                    .arg("--server")
+                    .arg(format!("http://{HUB_IP}:{SERVER_PORT}"));
+            }
+            let child = command
                 .arg("--data-dir")
                 .arg(self.dir.join(format!("data{n}")))
                 .stdout(Stdio::null())
@@ -283,7 +289,7 @@ fn pings(from: &str, to: &str) -> bool {
 fn three_players_form_a_party_ping_each_other_and_survive_a_server_restart() {
     let mut lab = Lab::new(3);
     lab.start_server();
-    lab.start_daemons();
+    lab.start_daemons(false);
     let [a, b, c] = [0, 1, 2].map(|i| lab.members[i].clone());
 
     let party = lab.cli(&a, &["party", "create", "LAN night", "--json"]);
@@ -343,6 +349,47 @@ fn three_players_form_a_party_ping_each_other_and_survive_a_server_restart() {
             || pings(from, &ips[2]),
         );
     }
+}
+
+#[test]
+fn without_a_server_players_on_one_lan_find_each_other() {
+    let mut lab = Lab::new(3);
+    lab.start_daemons(true);
+    let [a, b, c] = [0, 1, 2].map(|i| lab.members[i].clone());
+    let party = lab.cli(&a, &["party", "create", "LAN night", "--json"]);
+    let code = party["code"].as_str().expect("a party code").to_owned();
+    lab.cli(&b, &["party", "join", &code, "--json"]);
+    lab.cli(&c, &["party", "join", &code, "--json"]);
+    wait_for("all three to see each other", PING_TIMEOUT, || {
+        [&a, &b, &c].iter().all(|ns| {
+            lab.cli(ns, &["peers", "--json"])
+                .as_array()
+                .is_some_and(|p| p.len() == 2)
+        })
+    });
+    let ips: Vec<String> = [&a, &b, &c].iter().map(|ns| lab.virtual_ip(ns)).collect();
+    let mut unique = ips.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), 3, "distinct virtual IPs: {ips:?}");
+    for (i, from) in [&a, &b, &c].iter().enumerate() {
+        for (j, to) in ips.iter().enumerate() {
+            if i != j {
+                wait_for(&format!("{from} to ping {to}"), PING_TIMEOUT, || {
+                    pings(from, to)
+                });
+            }
+        }
+    }
+    lab.cli(&c, &["party", "leave", "--json"]);
+    wait_for(
+        "player3 to disappear from player1's peers",
+        LEAVE_TIMEOUT,
+        || {
+            let peers = lab.cli(&a, &["peers", "--json"]);
+            peers.as_array().is_some_and(|p| p.len() == 1)
+        },
+    );
 }
 
 #[test]

@@ -2,16 +2,21 @@
 //! answers the local API, and turns membership actions into engine and interface changes.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use crossbeam_channel::{Receiver, Sender, select, unbounded};
+use crossbeam_channel::{Receiver, Sender, bounded, select, unbounded};
+use lanrage_control::ipam::DEFAULT_SUBNET;
 use lanrage_control::nat::NatType;
+use lanrage_control::party::code::PartyCode;
+use lanrage_control::party::local::LocalParty;
 use lanrage_control::party::membership::{Action, Input, Membership};
 use lanrage_control::peer_id::PeerId;
 use lanrage_control::server_api::{EventJson, PartyJson};
 use lanrage_engine::io::tun::TunAddresses;
 use lanrage_engine::{DeviceUpdate, EngineHandle, PeerUpdate, Prefix};
 
+use super::local_link::LocalLink;
 use super::server_client::{CallError, ServerClient};
 use crate::local_api::{PartySummary, PeerInfo, Status};
 
@@ -49,12 +54,16 @@ struct State {
     server_state: String,
     stream_generation: u64,
     stream_tx: Sender<(u64, Option<EventJson>)>,
+    /// Local mode (no server): the party found by LAN announcements, and its socket.
+    local: Option<(LocalParty, Arc<LocalLink>)>,
+    lan_tx: Sender<(SocketAddr, Vec<u8>)>,
 }
 
 impl ControlThread {
     /// Runs until `shutdown` is dropped or sends.
     pub fn run(self, requests: Receiver<Request>, shutdown: Receiver<()>) {
         let (stream_tx, stream_rx) = unbounded();
+        let (lan_tx, lan_rx) = bounded(256);
         let me = self.me;
         let mut state = State {
             cfg: self,
@@ -62,6 +71,8 @@ impl ControlThread {
             server_state: "not contacted yet".into(),
             stream_generation: 0,
             stream_tx,
+            local: None,
+            lan_tx,
         };
         state.resume();
         let mut next_address_check = Instant::now();
@@ -70,9 +81,14 @@ impl ControlThread {
                 state.check_reachability();
                 next_address_check = Instant::now() + ADDRESS_CHECK;
             }
-            let wait = state
-                .membership
-                .next_timeout()
+            let next = [
+                state.membership.next_timeout(),
+                state.local.as_ref().map(|(party, _)| party.next_timeout()),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            let wait = next
                 .map_or(IDLE_WAKE, |at| at.saturating_duration_since(Instant::now()))
                 .min(IDLE_WAKE);
             select! {
@@ -91,12 +107,21 @@ impl ControlThread {
                         }
                     }
                 },
+                recv(lan_rx) -> message => {
+                    if let Ok((from, datagram)) = message {
+                        state.lan_datagram(from, &datagram);
+                    }
+                },
                 recv(shutdown) -> _ => break,
                 default(wait) => {
                     let actions = state.membership.poll(Instant::now());
                     state.apply(actions);
+                    state.local_timers();
                 }
             }
+        }
+        if let Some((mut party, link)) = state.local.take() {
+            link.send(&party.leave());
         }
     }
 }
@@ -105,7 +130,7 @@ impl State {
     /// After a restart the server still counts us as a member: carry on in that party.
     fn resume(&mut self) {
         let Some(client) = &mut self.cfg.client else {
-            self.server_state = "no control server configured".into();
+            self.server_state = "local mode: parties on this LAN only".into();
             return;
         };
         match client.party() {
@@ -119,6 +144,69 @@ impl State {
                 tracing::warn!(error = %e, "control server unavailable");
                 self.server_state = e.to_string();
             }
+        }
+    }
+
+    /// Starts (or joins) a local party with `code`: no server, members found on the LAN.
+    fn local_join(&mut self, code: PartyCode) -> Result<PartyJson, (u16, String)> {
+        self.local_leave();
+        let link = LocalLink::open(&self.cfg.interface)
+            .map_err(|e| (503, format!("cannot use the LAN for a local party: {e}")))?;
+        link.spawn_reader(self.lan_tx.clone())
+            .map_err(|e| (500, format!("cannot start the LAN reader: {e}")))?;
+        let seq_start = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let party = LocalParty::new(
+            Instant::now(),
+            code,
+            self.cfg.me,
+            &self.cfg.member_name,
+            self.cfg.listen_port,
+            DEFAULT_SUBNET,
+            seq_start,
+        );
+        let json = party.party();
+        self.local = Some((party, link));
+        self.feed(Input::Joined(json.clone()));
+        self.local_timers();
+        Ok(json)
+    }
+
+    fn local_leave(&mut self) -> bool {
+        let Some((mut party, link)) = self.local.take() else {
+            return false;
+        };
+        link.send(&party.leave());
+        self.feed(Input::Left);
+        true
+    }
+
+    fn lan_datagram(&mut self, from: SocketAddr, datagram: &[u8]) {
+        let Some((party, _)) = &mut self.local else {
+            return;
+        };
+        match party.receive(Instant::now(), from, datagram) {
+            Ok(true) => {
+                let json = party.party();
+                self.feed(Input::Event(EventJson::Snapshot { party: Some(json) }));
+            }
+            Ok(false) => {}
+            Err(e) => tracing::debug!(%from, error = %e, "LAN datagram dropped"),
+        }
+    }
+
+    fn local_timers(&mut self) {
+        let Some((party, link)) = &mut self.local else {
+            return;
+        };
+        let (announce, expired) = party.poll(Instant::now());
+        if let Some(datagram) = announce {
+            link.send(&datagram);
+        }
+        if expired {
+            let json = party.party();
+            self.feed(Input::Event(EventJson::Snapshot { party: Some(json) }));
         }
     }
 
@@ -239,6 +327,29 @@ impl State {
             }
             Request::Peers(reply) => {
                 let _ = reply.send(Ok(self.peers()));
+            }
+            Request::Create(_, reply) if self.cfg.client.is_none() => {
+                let mut bytes = [0u8; PartyCode::BYTES];
+                let result = match getrandom::fill(&mut bytes) {
+                    Ok(()) => self.local_join(PartyCode::from_bytes(bytes)),
+                    Err(e) => Err((500, format!("no random numbers: {e}"))),
+                };
+                let _ = reply.send(result);
+            }
+            Request::Join(code, reply) if self.cfg.client.is_none() => {
+                let result = match code.parse::<PartyCode>() {
+                    Ok(code) => self.local_join(code),
+                    Err(e) => Err((400, e.to_string())),
+                };
+                let _ = reply.send(result);
+            }
+            Request::Leave(reply) if self.cfg.client.is_none() => {
+                let result = if self.local_leave() {
+                    Ok(())
+                } else {
+                    Err((404, "not in a party".into()))
+                };
+                let _ = reply.send(result);
             }
             Request::Create(name, reply) => {
                 let member_name = self.cfg.member_name.clone();

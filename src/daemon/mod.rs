@@ -6,6 +6,7 @@
 mod api;
 mod control;
 mod key;
+mod local_link;
 mod server_client;
 
 use std::net::SocketAddr;
@@ -26,7 +27,8 @@ use server_client::ServerClient;
 
 #[derive(Args, Debug, Clone)]
 pub struct UpArgs {
-    /// Control server URL, e.g. http://203.0.113.5:8667.
+    /// Control server URL, e.g. http://203.0.113.5:8667. Without one, parties are local:
+    /// members on this LAN find each other by multicast.
     #[arg(long, value_name = "URL")]
     pub server: Option<String>,
     /// Interface name.

@@ -5,6 +5,7 @@
 //! [`membership::Membership`].
 
 pub mod code;
+pub mod local;
 pub mod membership;
 pub mod rate_limit;
 mod registry;

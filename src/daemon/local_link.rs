@@ -1,0 +1,101 @@
+//! The multicast socket of local mode (see `lanrage_control::party::local`): announcements
+//! go out on every LAN interface, TTL 1, and whatever arrives is handed to the control thread.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::Sender;
+use lanrage_control::party::local::{GROUP, MAX_DATAGRAM, PORT};
+use socket2::{Domain, Protocol, Socket, Type};
+
+pub struct LocalLink {
+    socket: UdpSocket,
+    /// The addresses of the interfaces announcements go out on.
+    interfaces: Vec<Ipv4Addr>,
+}
+
+impl LocalLink {
+    /// Joins the group on every IPv4 interface but loopback and `own` (our tunnel).
+    pub fn open(own: &str) -> io::Result<Arc<LocalLink>> {
+        let interfaces: Vec<Ipv4Addr> = if_addrs::get_if_addrs()?
+            .into_iter()
+            .filter(|i| i.name != own && !i.is_loopback())
+            .filter_map(|i| match i.ip() {
+                IpAddr::V4(v4) => Some(v4),
+                IpAddr::V6(_) => None,
+            })
+            .collect();
+        if interfaces.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "no LAN interface with an IPv4 address to find party members on",
+            ));
+        }
+        let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+        // Several programs may listen for announcements on one host.
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, PORT).into())?;
+        socket.set_multicast_loop_v4(false)?;
+        socket.set_multicast_ttl_v4(1)?;
+        for address in &interfaces {
+            socket.join_multicast_v4(&GROUP, address)?;
+        }
+        socket.set_read_timeout(Some(Duration::from_secs(1)))?;
+        Ok(Arc::new(LocalLink {
+            socket: socket.into(),
+            interfaces,
+        }))
+    }
+
+    /// Sends `datagram` to the group on every interface.
+    pub fn send(&self, datagram: &[u8]) {
+        let group = SocketAddr::from((GROUP, PORT));
+        for address in &self.interfaces {
+            let sent = socket2::SockRef::from(&self.socket)
+                .set_multicast_if_v4(address)
+                .and_then(|()| self.socket.send_to(datagram, group));
+            if let Err(e) = sent {
+                tracing::debug!(interface = %address, error = %e, "announcement not sent");
+            }
+        }
+    }
+
+    /// Reads announcements on a new thread until the receiver is gone.
+    pub fn spawn_reader(self: &Arc<Self>, tx: Sender<(SocketAddr, Vec<u8>)>) -> io::Result<()> {
+        let link = self.clone();
+        std::thread::Builder::new()
+            .name("lanrage-lan".into())
+            .spawn(move || {
+                let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+                loop {
+                    match link.socket.recv_from(&mut buf) {
+                        Ok((n, from)) => {
+                            if tx.send((from, buf[..n].to_vec())).is_err() {
+                                return;
+                            }
+                        }
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                            ) =>
+                        {
+                            // The read timeout: a chance to notice the link was dropped
+                            // (left the party, or the daemon stops).
+                            if Arc::strong_count(&link) == 1 {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "local-party socket failed");
+                            return;
+                        }
+                    }
+                }
+            })?;
+        Ok(())
+    }
+}
