@@ -30,9 +30,14 @@ struct Server {
 
 impl Server {
     fn start(db: &Path) -> Server {
+        Server::start_with(db, &[])
+    }
+
+    fn start_with(db: &Path, extra: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_lanrage"))
             .args(["control-server", "--listen", "127.0.0.1:0", "--db"])
             .arg(db)
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -411,5 +416,54 @@ fn bad_requests_get_json_errors_and_guessing_is_rate_limited() {
     assert!(attempt >= 5, "limited after only {attempt} attempts");
     let secs: u64 = retry_after.expect("a Retry-After header").parse().unwrap();
     assert!((1..=60).contains(&secs), "Retry-After {secs}");
+    let _ = std::fs::remove_dir_all(db.parent().unwrap());
+}
+
+#[test]
+fn silent_members_are_removed_and_the_others_told() {
+    let db = temp_db("expiry");
+    let server = Server::start_with(&db, &["--stale-after", "3"]);
+    let (mut alice, mut bob) = (Player::new(21), Player::new(22));
+    alice.login(&server);
+    bob.login(&server);
+    let (_, body) = alice.post(
+        &server,
+        "/v1/parties",
+        json!({"name": "p", "member_name": "alice"}),
+    );
+    let party: PartyJson = serde_json::from_value(body).unwrap();
+    let (status, _) = bob.post(
+        &server,
+        "/v1/parties/join",
+        json!({"code": party.code, "member_name": "bob"}),
+    );
+    assert_eq!(status, 200);
+    let mut events = alice.events(&server);
+    events.next(); // the snapshot
+    // Alice beats every 300 ms (the read timeout), well inside the 3 s; Bob falls silent.
+    if let MaybeTlsStream::Plain(stream) = events.0.get_ref() {
+        stream
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(8);
+    loop {
+        let (status, _) = alice.post(&server, "/v1/heartbeat", json!({}));
+        assert_eq!(status, 204);
+        if let Ok(Message::Text(text)) = events.0.read() {
+            match serde_json::from_str::<EventJson>(&text).unwrap() {
+                EventJson::Left { peer, reason } => {
+                    assert_eq!(peer, bob.id);
+                    assert_eq!(reason, "expired");
+                    break;
+                }
+                other => panic!("unexpected event {other:?}"),
+            }
+        }
+        assert!(Instant::now() < deadline, "bob was never expired");
+    }
+    let (_, body) = get(&server, "/v1/party", &alice.token);
+    let after: PartyJson = serde_json::from_value(body).unwrap();
+    assert_eq!(after.members.len(), 1);
     let _ = std::fs::remove_dir_all(db.parent().unwrap());
 }
