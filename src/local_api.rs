@@ -13,7 +13,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::{Result, anyhow};
-use lanrage_control::server_api::{ErrorJson, PartyJson};
+use lanrage_control::server_api::PartyJson;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -142,19 +142,6 @@ impl Client {
             }
             other => anyhow!("cannot reach the LANrage daemon at {}: {other}", self.base),
         })?;
-        let status = response.status().as_u16();
-        let text = response.body_mut().read_to_string().unwrap_or_default();
-        if !(200..300).contains(&status) {
-            let message = serde_json::from_str::<ErrorJson>(&text)
-                .map(|e| e.error)
-                .unwrap_or_else(|_| format!("HTTP {status}"));
-            return Err(anyhow!(message));
-        }
-        let text = if text.trim().is_empty() {
-            "null"
-        } else {
-            &text
-        };
-        serde_json::from_str(text).map_err(|e| anyhow!("unexpected answer from the daemon: {e}"))
+        crate::json_reply::read(&mut response).map_err(|r| anyhow!(r.message))
     }
 }

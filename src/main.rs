@@ -4,6 +4,7 @@ mod cli;
 mod control_server;
 mod daemon;
 mod demo;
+mod json_reply;
 mod local_api;
 mod logging;
 mod wg;

@@ -9,8 +9,8 @@ use crossbeam_channel::Sender;
 use lanrage_control::auth::{self, Challenge};
 use lanrage_control::peer_id::PeerId;
 use lanrage_control::server_api::{
-    ChallengeRequest, ChallengeResponse, CreateParty, ErrorJson, EventJson, Heartbeat, JoinParty,
-    PartyJson, TokenRequest, TokenResponse,
+    ChallengeRequest, ChallengeResponse, CreateParty, EventJson, Heartbeat, JoinParty, PartyJson,
+    TokenRequest, TokenResponse,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -213,26 +213,9 @@ impl ServerClient {
                 .map_err(unreachable)?
             }
         };
-        let status = response.status().as_u16();
-        let text = response.body_mut().read_to_string().unwrap_or_default();
-        if !(200..300).contains(&status) {
-            let message = serde_json::from_str::<ErrorJson>(&text)
-                .map(|e| e.error)
-                .unwrap_or_else(|_| format!("HTTP {status}"));
-            return Err(CallError {
-                status: Some(status),
-                message,
-            });
-        }
-        // 204 and friends: decode "null" so unit-like results work.
-        let text = if text.trim().is_empty() {
-            "null"
-        } else {
-            &text
-        };
-        serde_json::from_str(text).map_err(|e| CallError {
-            status: Some(status),
-            message: format!("unexpected answer from the control server: {e}"),
+        crate::json_reply::read(&mut response).map_err(|r| CallError {
+            status: Some(r.status),
+            message: r.message,
         })
     }
 }
