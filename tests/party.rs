@@ -141,40 +141,52 @@ impl Lab {
 
     /// Starts a daemon per member, with the control server or (`local`) without one.
     fn start_daemons(&mut self, local: bool) {
-        for (i, ns) in self.members.clone().iter().enumerate() {
-            let n = i + 1;
-            let mut command = Command::new("ip");
-            command
-                .args([
-                    "netns",
-                    "exec",
-                    ns,
-                    BIN,
-                    "up",
-                    "--interface",
-                    "lr0",
-                    "--name",
-                ])
-                .arg(format!("player{n}"));
-            if !local {
-                command
-                    .arg("--server")
-                    .arg(format!("http://{HUB_IP}:{SERVER_PORT}"));
-            }
-            let child = command
-                .arg("--data-dir")
-                .arg(self.dir.join(format!("data{n}")))
-                .stdout(Stdio::null())
-                .stderr(log(&self.dir, &format!("daemon{n}")))
-                .spawn()
-                .expect("cannot start lanrage up");
+        for i in 0..self.members.len() {
+            let child = self.spawn_daemon(i, local);
             self.daemons.push(child);
-            wait_for(
-                &format!("the daemon in {ns} to answer"),
-                START_TIMEOUT,
-                || self.cli_status(ns, &["status", "--json"]).0,
-            );
         }
+    }
+
+    /// Kills member `i`'s daemon outright (no clean shutdown) and starts it again.
+    fn crash_and_restart(&mut self, i: usize, local: bool) {
+        let _ = self.daemons[i].kill();
+        let _ = self.daemons[i].wait();
+        self.daemons[i] = self.spawn_daemon(i, local);
+    }
+
+    fn spawn_daemon(&self, i: usize, local: bool) -> Child {
+        let (n, ns) = (i + 1, &self.members[i]);
+        let mut command = Command::new("ip");
+        command
+            .args([
+                "netns",
+                "exec",
+                ns,
+                BIN,
+                "up",
+                "--interface",
+                "lr0",
+                "--name",
+            ])
+            .arg(format!("player{n}"));
+        if !local {
+            command
+                .arg("--server")
+                .arg(format!("http://{HUB_IP}:{SERVER_PORT}"));
+        }
+        let child = command
+            .arg("--data-dir")
+            .arg(self.dir.join(format!("data{n}")))
+            .stdout(Stdio::null())
+            .stderr(log(&self.dir, &format!("daemon{n}")))
+            .spawn()
+            .expect("cannot start lanrage up");
+        wait_for(
+            &format!("the daemon in {ns} to answer"),
+            START_TIMEOUT,
+            || self.cli_status(ns, &["status", "--json"]).0,
+        );
+        child
     }
 
     /// Runs the CLI in `ns`: (success, stdout as JSON or Null, stderr).
@@ -381,6 +393,15 @@ fn without_a_server_players_on_one_lan_find_each_other() {
             }
         }
     }
+    // A crashed daemon comes back into its party by itself, with the same address.
+    lab.crash_and_restart(1, true);
+    wait_for(
+        &format!("{a} to ping {} after a restart", ips[1]),
+        PING_TIMEOUT,
+        || pings(&a, &ips[1]),
+    );
+    assert_eq!(lab.virtual_ip(&b), ips[1]);
+
     lab.cli(&c, &["party", "leave", "--json"]);
     wait_for(
         "player3 to disappear from player1's peers",

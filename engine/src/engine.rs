@@ -323,10 +323,20 @@ impl Control {
                 change.persistent_keepalive.get_or_insert(0);
             }
         }
+        let mut keepalives_on = Vec::new();
         for change in changes {
-            self.update_peer(change);
+            let key = change.public_key;
+            if self.update_peer(change) {
+                keepalives_on.push(key);
+            }
         }
         self.publish();
+        // As wireguard-go does: turning persistent keepalive on sends one at once, which
+        // starts a handshake if there is no session. A peer that restarted (and lost its
+        // sessions) is thereby reachable again without waiting for a timer.
+        for key in keepalives_on {
+            self.send_keepalive(key);
+        }
         if let Some(sockets) = new_sockets {
             self.install_sockets(sockets)
                 .map_err(|e| UpdateError::Invalid(format!("cannot restart workers: {e}")))?;
@@ -389,22 +399,24 @@ impl Control {
         )
     }
 
-    fn update_peer(&mut self, change: PeerUpdate) {
+    /// Applies one peer's changes; returns whether they turned persistent keepalive on.
+    fn update_peer(&mut self, change: PeerUpdate) -> bool {
         let key = change.public_key;
         if change.remove {
             self.peers.remove(&key);
-            return;
+            return false;
         }
         if self
             .identity
             .as_ref()
             .is_some_and(|i| i.public.to_bytes() == key)
         {
-            return;
+            return false;
         }
+        let keepalive_before = self.peers.get(&key).map_or(0, |e| e.persistent_keepalive);
         if !self.peers.contains_key(&key) {
             if change.update_only {
-                return;
+                return false;
             }
             let index = self.free_index();
             let psk = change.preshared_key.flatten();
@@ -455,6 +467,26 @@ impl Control {
                 let tunn = self.new_tunn(entry);
                 entry.peer.state.lock().tunn = tunn;
             }
+        }
+        keepalive_before == 0 && change.persistent_keepalive.is_some_and(|k| k > 0)
+    }
+
+    /// Sends `key` a keepalive, or the handshake initiation that must come first.
+    fn send_keepalive(&self, key: Key) {
+        let (Some(entry), Some(socket)) = (self.peers.get(&key), self.sockets.first()) else {
+            return;
+        };
+        let mut buf = [0u8; 256];
+        let mut state = entry.peer.state.lock();
+        let Some(to) = state.endpoint else {
+            return;
+        };
+        let Some(tunn) = state.tunn.as_mut() else {
+            return;
+        };
+        if let TunnResult::WriteToNetwork(datagram) = tunn.encapsulate(&[], &mut buf) {
+            entry.peer.add_tx(datagram.len());
+            send_one(socket, datagram, to, self.dual_stack);
         }
     }
 

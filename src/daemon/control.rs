@@ -1,7 +1,10 @@
 //! The control thread: owns the party membership and the connection to the control server,
 //! answers the local API, and turns membership actions into engine and interface changes.
 
+use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -14,7 +17,7 @@ use lanrage_control::party::membership::{Action, Input, Membership};
 use lanrage_control::peer_id::PeerId;
 use lanrage_control::server_api::{EventJson, PartyJson};
 use lanrage_engine::io::tun::TunAddresses;
-use lanrage_engine::{DeviceUpdate, EngineHandle, PeerUpdate, Prefix};
+use lanrage_engine::{DeviceUpdate, EngineHandle, Event as EngineEvent, PeerUpdate, Prefix};
 
 use super::local_link::LocalLink;
 use super::server_client::{CallError, ServerClient};
@@ -44,8 +47,11 @@ pub struct ControlThread {
     pub member_name: String,
     pub listen_port: u16,
     pub engine: EngineHandle,
+    pub engine_events: Receiver<EngineEvent>,
     pub addresses: TunAddresses,
     pub client: Option<ServerClient>,
+    /// Where local mode remembers its party across restarts.
+    pub data_dir: PathBuf,
 }
 
 struct State {
@@ -65,6 +71,7 @@ impl ControlThread {
         let (stream_tx, stream_rx) = unbounded();
         let (lan_tx, lan_rx) = bounded(256);
         let me = self.me;
+        let engine_events = self.engine_events.clone();
         let mut state = State {
             cfg: self,
             membership: Membership::new(me),
@@ -112,6 +119,14 @@ impl ControlThread {
                         state.lan_datagram(from, &datagram);
                     }
                 },
+                recv(engine_events) -> event => match event {
+                    Ok(EngineEvent::HandshakeCompleted { public_key }) => {
+                        tracing::debug!(peer = %PeerId(public_key), "handshake completed");
+                    }
+                    // STUN and probe frames get their consumer with NAT traversal.
+                    Ok(EngineEvent::Datagram { .. }) => {}
+                    Err(_) => break,
+                },
                 recv(shutdown) -> _ => break,
                 default(wait) => {
                     let actions = state.membership.poll(Instant::now());
@@ -131,6 +146,13 @@ impl State {
     fn resume(&mut self) {
         let Some(client) = &mut self.cfg.client else {
             self.server_state = "local mode: parties on this LAN only".into();
+            let saved = std::fs::read_to_string(self.local_party_file()).ok();
+            if let Some(code) = saved.and_then(|c| c.trim().parse::<PartyCode>().ok()) {
+                tracing::info!("resuming local party");
+                if let Err((_, e)) = self.local_join(code) {
+                    tracing::warn!(error = %e, "cannot resume the local party");
+                }
+            }
             return;
         };
         match client.party() {
@@ -167,16 +189,25 @@ impl State {
             seq_start,
         );
         let json = party.party();
+        // Remembered so a restarted daemon is back in its party without anyone's help.
+        if let Err(e) = write_private(&self.local_party_file(), &json.code) {
+            tracing::warn!(error = %e, "cannot remember the local party");
+        }
         self.local = Some((party, link));
         self.feed(Input::Joined(json.clone()));
         self.local_timers();
         Ok(json)
     }
 
+    fn local_party_file(&self) -> PathBuf {
+        self.cfg.data_dir.join("local-party")
+    }
+
     fn local_leave(&mut self) -> bool {
         let Some((mut party, link)) = self.local.take() else {
             return false;
         };
+        let _ = std::fs::remove_file(self.local_party_file());
         link.send(&party.leave());
         self.feed(Input::Left);
         true
@@ -457,4 +488,18 @@ impl State {
             })
             .collect()
     }
+}
+
+/// Writes a secret (the local party's code) readable by its owner only, replacing it whole.
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    writeln!(file, "{contents}")?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
 }

@@ -81,10 +81,6 @@ pub fn run(args: UpArgs) -> Result<()> {
         })
         .context("cannot give the engine its key")?;
     let listen_port = engine.handle().status().map(|s| s.listen_port).unwrap_or(0);
-    // Non-WireGuard datagrams (STUN, probes) have no consumer yet; keep the queue drained.
-    std::thread::Builder::new()
-        .name("lanrage-engine-events".into())
-        .spawn(move || for _ in engine_events {})?;
 
     let (requests_tx, requests_rx) = crossbeam_channel::bounded(64);
     api::spawn(args.api, requests_tx)?;
@@ -94,7 +90,9 @@ pub fn run(args: UpArgs) -> Result<()> {
         member_name: args.name.clone().unwrap_or_else(hostname),
         listen_port,
         engine: engine.handle(),
+        engine_events,
         addresses,
+        data_dir: args.data_dir.clone(),
         client: args
             .server
             .as_deref()
