@@ -361,6 +361,16 @@ fn three_players_form_a_party_ping_each_other_and_survive_a_server_restart() {
             || pings(from, &ips[2]),
         );
     }
+
+    // A daemon killed outright and started again asks the server for its party and is back,
+    // at the same address.
+    lab.crash_and_restart(0, false);
+    assert_eq!(lab.virtual_ip(&a), ips[0]);
+    wait_for(
+        &format!("{b} to ping {} after a restart", ips[0]),
+        PING_TIMEOUT,
+        || pings(&b, &ips[0]),
+    );
 }
 
 #[test]
