@@ -1,0 +1,50 @@
+//! What hostile peers and clients send the party code: local-party announcements from the LAN,
+//! party codes as typed, the control server's JSON bodies and events, and the text forms of
+//! challenges, proofs and tokens it checks. Nothing may panic, and a code that parses must
+//! print back to a code that parses to itself.
+#![no_main]
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use lanrage_control::auth::{Challenge, Proof, ServerAuth, Token};
+use lanrage_control::ipam::DEFAULT_SUBNET;
+use lanrage_control::party::code::PartyCode;
+use lanrage_control::party::local::LocalParty;
+use lanrage_control::peer_id::PeerId;
+use lanrage_control::server_api::{EventJson, Heartbeat, JoinParty, PartyJson, TokenRequest};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let now = Instant::now();
+    let mut party = LocalParty::new(
+        now,
+        PartyCode::from_bytes([7; 10]),
+        PeerId([1; 32]),
+        "me",
+        51820,
+        DEFAULT_SUBNET,
+        1,
+    );
+    let from = SocketAddr::from(([192, 168, 1, 2], 8668));
+    let _ = party.receive(now, from, data);
+    let _ = party.poll(now);
+
+    if let Ok(text) = std::str::from_utf8(data) {
+        if let Ok(code) = text.parse::<PartyCode>() {
+            assert_eq!(code.to_string().parse::<PartyCode>().ok(), Some(code));
+        }
+        let _ = serde_json::from_str::<EventJson>(text);
+        let _ = serde_json::from_str::<PartyJson>(text);
+        let _ = serde_json::from_str::<Heartbeat>(text);
+        let _ = serde_json::from_str::<JoinParty>(text);
+        let _ = serde_json::from_str::<TokenRequest>(text);
+        let auth = ServerAuth::new([3; 32], [4; 32]);
+        if let Ok(token) = text.parse::<Token>() {
+            assert!(auth.check_token(0, &token).is_err(), "a forged token was accepted");
+        }
+        if let (Ok(challenge), Ok(proof)) = (text.parse::<Challenge>(), text.parse::<Proof>()) {
+            let _ = auth.verify(0, &PeerId([1; 32]), &challenge, &proof);
+        }
+    }
+});
