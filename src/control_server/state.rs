@@ -254,14 +254,18 @@ impl ServerState {
 impl Inner {
     /// Stores what changed, then tells the members.
     fn commit(&mut self) -> Result<(), ApiError> {
-        for id in self.registry.drain_changed() {
+        let changed = self.registry.drain_changed();
+        for (i, &id) in changed.iter().enumerate() {
             let result = match self.registry.record(id) {
                 Some(record) => self.store.save(&record),
                 None => self.store.delete(id),
             };
             if let Err(e) = result {
-                // The change stands in memory and is retried with the party's next change;
-                // the client learns that it was not made durable.
+                // The change stands in memory and every party not yet stored is retried at
+                // the next commit; the client learns that it was not made durable.
+                for &unstored in &changed[i..] {
+                    self.registry.mark_changed(unstored);
+                }
                 tracing::error!(party = %id, error = %e, "cannot store party");
                 return Err(ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,

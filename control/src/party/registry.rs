@@ -353,6 +353,11 @@ impl Registry {
         std::mem::take(&mut self.changed).into_iter().collect()
     }
 
+    /// Reports `id` as changed again: the caller could not store it and will retry.
+    pub fn mark_changed(&mut self, id: PartyId) {
+        self.changed.insert(id);
+    }
+
     /// A party as stored; `None` once it has ended.
     pub fn record(&self, id: PartyId) -> Option<PartyRecord> {
         let party = self.parties.get(&id)?;
@@ -702,6 +707,9 @@ mod tests {
         let one = r.create(t, peer(1), "a", "p", code(1)).unwrap().id;
         assert_eq!(r.drain_changed(), vec![one]);
         assert!(r.drain_changed().is_empty());
+        // What the caller could not store comes back at the next drain.
+        r.mark_changed(one);
+        assert_eq!(r.drain_changed(), vec![one]);
         r.join(t, &code(1), peer(2), "b").unwrap();
         // A heartbeat that changes nothing is not a change.
         r.heartbeat(t, peer(2), None, None).unwrap();
