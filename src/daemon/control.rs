@@ -245,16 +245,11 @@ impl State {
     /// own interface, at the WireGuard port. (Reflexive and mapped addresses come with NAT
     /// traversal.)
     fn check_reachability(&mut self) {
-        let endpoints = match if_addrs::get_if_addrs() {
-            Ok(interfaces) => interfaces
+        let endpoints = match super::lan::ipv4_addresses(&self.cfg.interface) {
+            Ok(addresses) => addresses
                 .into_iter()
-                .filter(|i| i.name != self.cfg.interface && !i.is_loopback())
-                .filter_map(|i| match i.ip() {
-                    IpAddr::V4(v4) if !v4.is_link_local() => {
-                        Some(SocketAddr::new(IpAddr::V4(v4), self.cfg.listen_port))
-                    }
-                    _ => None,
-                })
+                .filter(|a| !a.is_link_local())
+                .map(|a| SocketAddr::new(IpAddr::V4(a), self.cfg.listen_port))
                 .collect(),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot list local addresses");

@@ -2,7 +2,7 @@
 //! go out on every LAN interface, TTL 1, and whatever arrives is handed to the control thread.
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,14 +19,7 @@ pub struct LocalLink {
 impl LocalLink {
     /// Joins the group on every IPv4 interface but loopback and `own` (our tunnel).
     pub fn open(own: &str) -> io::Result<Arc<LocalLink>> {
-        let interfaces: Vec<Ipv4Addr> = if_addrs::get_if_addrs()?
-            .into_iter()
-            .filter(|i| i.name != own && !i.is_loopback())
-            .filter_map(|i| match i.ip() {
-                IpAddr::V4(v4) => Some(v4),
-                IpAddr::V6(_) => None,
-            })
-            .collect();
+        let interfaces = super::lan::ipv4_addresses(own)?;
         if interfaces.is_empty() {
             return Err(io::Error::new(
                 io::ErrorKind::NotFound,

@@ -6,6 +6,7 @@
 mod api;
 mod control;
 mod key;
+mod lan;
 mod local_link;
 mod server_client;
 
