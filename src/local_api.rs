@@ -142,6 +142,6 @@ impl Client {
             }
             other => anyhow!("cannot reach the LANrage daemon at {}: {other}", self.base),
         })?;
-        crate::json_reply::read(&mut response).map_err(|r| anyhow!(r.message))
+        crate::json_api::read(&mut response).map_err(|r| anyhow!(r.message))
     }
 }

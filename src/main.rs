@@ -4,7 +4,7 @@ mod cli;
 mod control_server;
 mod daemon;
 mod demo;
-mod json_reply;
+mod json_api;
 mod local_api;
 mod logging;
 mod wg;

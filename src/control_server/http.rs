@@ -6,9 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
-use axum::extract::rejection::JsonRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -16,11 +15,11 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use lanrage_control::peer_id::PeerId;
 use lanrage_control::server_api::{
-    ChallengeRequest, CreateParty, ErrorJson, Heartbeat, JoinParty, TokenRequest,
+    ChallengeRequest, CreateParty, Heartbeat, JoinParty, TokenRequest,
 };
-use serde::de::DeserializeOwned;
 
 use super::state::{ApiError, ServerState};
+use crate::json_api::{Body, error_response};
 
 /// Request bodies are a few hundred bytes; anything far larger is not a client of ours.
 const MAX_BODY: usize = 16 << 10;
@@ -41,7 +40,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/party", get(party))
         .route("/v1/heartbeat", post(heartbeat))
         .route("/v1/events", get(events))
-        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
+        .fallback(|| async { error_response(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }
@@ -75,13 +74,7 @@ async fn expire_loop(state: AppState) {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut response = (
-            self.status,
-            Json(ErrorJson {
-                error: self.message,
-            }),
-        )
-            .into_response();
+        let mut response = error_response(self.status, self.message);
         if let Some(secs) = self.retry_after {
             response
                 .headers_mut()
@@ -89,24 +82,6 @@ impl IntoResponse for ApiError {
         }
         response
     }
-}
-
-/// A JSON body whose rejections are JSON errors too, saying what was wrong.
-struct Body<T>(T);
-
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
-    type Rejection = ApiError;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(value)) => Ok(Body(value)),
-            Err(rejection) => Err(json_rejection(rejection)),
-        }
-    }
-}
-
-fn json_rejection(rejection: JsonRejection) -> ApiError {
-    ApiError::new(rejection.status(), rejection.body_text())
 }
 
 /// The peer named by the request's bearer token.

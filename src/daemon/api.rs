@@ -4,7 +4,6 @@
 use std::net::SocketAddr;
 
 use anyhow::{Context, Result};
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
@@ -12,10 +11,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use crossbeam_channel::Sender;
-use lanrage_control::server_api::ErrorJson;
 use serde::Serialize;
 
 use super::control::{Reply, Request as ControlRequest};
+use crate::json_api::{Body, error_response};
 use crate::local_api::{CreateRequest, JoinRequest};
 
 type Requests = Sender<ControlRequest>;
@@ -52,7 +51,9 @@ pub fn spawn(addr: SocketAddr, requests: Requests) -> Result<std::thread::JoinHa
                     .route("/party/create", post(create))
                     .route("/party/join", post(join))
                     .route("/party/leave", post(leave))
-                    .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
+                    .fallback(|| async {
+                        error_response(StatusCode::NOT_FOUND, "no such endpoint")
+                    })
                     .layer(middleware::from_fn(local_only))
                     .with_state(requests);
                 if let Err(e) = axum::serve(listener, app).await {
@@ -81,21 +82,11 @@ async fn local_only(request: Request, next: Next) -> Response {
     if matches!(name, "127.0.0.1" | "localhost" | "[::1]") {
         next.run(request).await
     } else {
-        error(
+        error_response(
             StatusCode::FORBIDDEN,
             "the local API answers only to localhost",
         )
     }
-}
-
-fn error(status: StatusCode, message: &str) -> Response {
-    (
-        status,
-        Json(ErrorJson {
-            error: message.to_owned(),
-        }),
-    )
-        .into_response()
 }
 
 /// Sends a request to the control thread and turns its answer into a response.
@@ -106,7 +97,7 @@ async fn ask<T: Serialize>(
 ) -> Response {
     let (tx, rx) = tokio::sync::oneshot::channel();
     if requests.send(make(tx)).is_err() {
-        return error(
+        return error_response(
             StatusCode::SERVICE_UNAVAILABLE,
             "the daemon is shutting down",
         );
@@ -117,11 +108,11 @@ async fn ask<T: Serialize>(
             StatusCode::NO_CONTENT.into_response()
         }
         Ok(Ok(value)) => (ok, Json(value)).into_response(),
-        Ok(Err((status, message))) => error(
+        Ok(Err((status, message))) => error_response(
             StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
             &message,
         ),
-        Err(_) => error(
+        Err(_) => error_response(
             StatusCode::SERVICE_UNAVAILABLE,
             "the daemon is shutting down",
         ),
@@ -136,14 +127,7 @@ async fn peers(State(requests): State<Requests>) -> Response {
     ask(&requests, ControlRequest::Peers, StatusCode::OK).await
 }
 
-async fn create(
-    State(requests): State<Requests>,
-    body: Result<Json<CreateRequest>, JsonRejection>,
-) -> Response {
-    let body = match body {
-        Ok(Json(body)) => body,
-        Err(e) => return error(e.status(), &e.body_text()),
-    };
+async fn create(State(requests): State<Requests>, Body(body): Body<CreateRequest>) -> Response {
     ask(
         &requests,
         |r| ControlRequest::Create(body.name, r),
@@ -152,14 +136,7 @@ async fn create(
     .await
 }
 
-async fn join(
-    State(requests): State<Requests>,
-    body: Result<Json<JoinRequest>, JsonRejection>,
-) -> Response {
-    let body = match body {
-        Ok(Json(body)) => body,
-        Err(e) => return error(e.status(), &e.body_text()),
-    };
+async fn join(State(requests): State<Requests>, Body(body): Body<JoinRequest>) -> Response {
     ask(
         &requests,
         |r| ControlRequest::Join(body.code, r),

@@ -213,7 +213,7 @@ impl ServerClient {
                 .map_err(unreachable)?
             }
         };
-        crate::json_reply::read(&mut response).map_err(|r| CallError {
+        crate::json_api::read(&mut response).map_err(|r| CallError {
             status: Some(r.status),
             message: r.message,
         })
