@@ -215,6 +215,34 @@ impl Lab {
         json
     }
 
+    /// Every member's virtual IP, once all of them are distinct and every member pings every
+    /// other one.
+    fn all_ping_each_other(&self) -> Vec<String> {
+        let ips: Vec<String> = self.members.iter().map(|ns| self.virtual_ip(ns)).collect();
+        let mut unique = ips.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), ips.len(), "distinct virtual IPs: {ips:?}");
+        for (i, from) in self.members.iter().enumerate() {
+            for (j, to) in ips.iter().enumerate() {
+                if i != j {
+                    wait_for(&format!("{from} to ping {to}"), PING_TIMEOUT, || {
+                        pings(from, to)
+                    });
+                }
+            }
+        }
+        ips
+    }
+
+    /// Waits until `ns` lists `count` peers.
+    fn wait_for_peers(&self, ns: &str, count: usize, timeout: Duration) {
+        wait_for(&format!("{ns} to list {count} peer(s)"), timeout, || {
+            let peers = self.cli(ns, &["peers", "--json"]);
+            peers.as_array().is_some_and(|p| p.len() == count)
+        });
+    }
+
     fn virtual_ip(&self, ns: &str) -> String {
         let status = self.cli(ns, &["status", "--json"]);
         status["party"]["virtual_ip"]
@@ -317,21 +345,7 @@ fn three_players_form_a_party_ping_each_other_and_survive_a_server_restart() {
         ],
     );
 
-    let ips: Vec<String> = [&a, &b, &c].iter().map(|ns| lab.virtual_ip(ns)).collect();
-    let mut unique = ips.clone();
-    unique.sort();
-    unique.dedup();
-    assert_eq!(unique.len(), 3, "distinct virtual IPs: {ips:?}");
-
-    for (i, from) in [&a, &b, &c].iter().enumerate() {
-        for (j, to) in ips.iter().enumerate() {
-            if i != j {
-                wait_for(&format!("{from} to ping {to}"), PING_TIMEOUT, || {
-                    pings(from, to)
-                });
-            }
-        }
-    }
+    let ips = lab.all_ping_each_other();
     // The CLI shows the peers and their traffic.
     let peers = lab.cli(&a, &["peers", "--json"]);
     assert_eq!(peers.as_array().map(Vec::len), Some(2), "{peers}");
@@ -339,14 +353,7 @@ fn three_players_form_a_party_ping_each_other_and_survive_a_server_restart() {
     // A member who leaves is gone from the others' peers within LEAVE_TIMEOUT.
     lab.cli(&c, &["party", "leave", "--json"]);
     let started = Instant::now();
-    wait_for(
-        "player3 to disappear from player1's peers",
-        LEAVE_TIMEOUT,
-        || {
-            let peers = lab.cli(&a, &["peers", "--json"]);
-            peers.as_array().is_some_and(|p| p.len() == 1)
-        },
-    );
+    lab.wait_for_peers(&a, 1, LEAVE_TIMEOUT);
     eprintln!("leave seen after {:?}", started.elapsed());
 
     // The control server restarts; the party is still there to join, with the old address.
@@ -389,20 +396,7 @@ fn without_a_server_players_on_one_lan_find_each_other() {
                 .is_some_and(|p| p.len() == 2)
         })
     });
-    let ips: Vec<String> = [&a, &b, &c].iter().map(|ns| lab.virtual_ip(ns)).collect();
-    let mut unique = ips.clone();
-    unique.sort();
-    unique.dedup();
-    assert_eq!(unique.len(), 3, "distinct virtual IPs: {ips:?}");
-    for (i, from) in [&a, &b, &c].iter().enumerate() {
-        for (j, to) in ips.iter().enumerate() {
-            if i != j {
-                wait_for(&format!("{from} to ping {to}"), PING_TIMEOUT, || {
-                    pings(from, to)
-                });
-            }
-        }
-    }
+    let ips = lab.all_ping_each_other();
     // A crashed daemon comes back into its party by itself, with the same address.
     lab.crash_and_restart(1, true);
     wait_for(
@@ -413,14 +407,7 @@ fn without_a_server_players_on_one_lan_find_each_other() {
     assert_eq!(lab.virtual_ip(&b), ips[1]);
 
     lab.cli(&c, &["party", "leave", "--json"]);
-    wait_for(
-        "player3 to disappear from player1's peers",
-        LEAVE_TIMEOUT,
-        || {
-            let peers = lab.cli(&a, &["peers", "--json"]);
-            peers.as_array().is_some_and(|p| p.len() == 1)
-        },
-    );
+    lab.wait_for_peers(&a, 1, LEAVE_TIMEOUT);
 }
 
 #[test]
