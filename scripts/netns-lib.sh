@@ -341,6 +341,12 @@ nl_tunnel_up() {
     nl_in "$b" ip addr add "$NL_TUN_B/24" dev "$ifb"
     nl_in "$a" ip link set "$ifa" mtu "$NL_TUN_MTU" up
     nl_in "$b" ip link set "$ifb" mtu "$NL_TUN_MTU" up
+    # NL_TUN_TXQLEN: the tunnel devices' transmit queue (for a TUN device, the ring the daemon
+    # reads from); unset keeps the kernel's default.
+    if [[ -n "${NL_TUN_TXQLEN:-}" ]]; then
+        nl_in "$a" ip link set "$ifa" txqueuelen "$NL_TUN_TXQLEN"
+        nl_in "$b" ip link set "$ifb" txqueuelen "$NL_TUN_TXQLEN"
+    fi
 }
 
 # nl_latest_handshake NS IFNAME — unix time of the newest handshake with any peer (0 = none).
