@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use common::{HANDSHAKE_TIMEOUT, Impl, Node, Pair};
+use common::{Daemon, HANDSHAKE_TIMEOUT, Impl, Netns, Node, Pair, TempDir};
 
 /// Sends raw bytes to the daemon's socket and returns everything it answers.
 fn raw_request(node: &Node, bytes: &[u8]) -> String {
@@ -140,4 +140,36 @@ fn daemon_mode_returns_once_ready_and_exits_with_its_interface() {
         "the daemon to remove its socket",
         || !socket.exists(),
     );
+}
+
+/// `--tun-queue-len` sizes the TUN device's queues (its txqueuelen); without it the kernel's
+/// default stays.
+#[test]
+fn tun_queue_len_sets_the_interface_queue() {
+    common::require_root();
+    let tag = common::unique_tag();
+    let ns = Netns::new(format!("lrqlen-{tag}"));
+    let dir = TempDir::new(&format!("qlen-{tag}"));
+    for (ifname, options, want) in [
+        (
+            format!("lq{tag}a"),
+            &["--tun-queue-len", "16"][..],
+            "qlen 16",
+        ),
+        (format!("lq{tag}b"), &[][..], "qlen 500"),
+    ] {
+        let mut daemon = Daemon::spawn_with(
+            Impl::Lanrage,
+            &ns.name,
+            &ifname,
+            dir.path().join(format!("{ifname}.log")),
+            options,
+        );
+        let link = ns.run(&["ip", "-o", "link", "show", "dev", &ifname]);
+        assert!(
+            link.contains(want),
+            "{options:?}: want {want:?} in {link:?}"
+        );
+        daemon.assert_running();
+    }
 }

@@ -62,7 +62,7 @@ pub fn run(args: UpArgs) -> Result<()> {
     let secret = key::load_or_create(&args.data_dir.join("private.key"))?;
     let me = PeerId(PublicKey::from(&StaticSecret::from(secret)).to_bytes());
     let threads = args.threads.unwrap_or_else(default_threads).max(1);
-    let tun = TunDevice::create(&args.interface, threads, DEFAULT_MTU)
+    let tun = TunDevice::create(&args.interface, threads, DEFAULT_MTU, None)
         .with_context(|| format!("cannot create interface {} (are you root?)", args.interface))?;
     let addresses = tun.addresses();
     let (engine, engine_events) = Engine::start(

@@ -43,6 +43,11 @@ pub struct WgArgs {
     /// wait in while a bulk transfer saturates the tunnel; larger absorbs longer bursts.
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_RECV_BUFFER)]
     pub socket_buffer: usize,
+    /// Packets each TUN queue holds (the interface's txqueuelen; default: the kernel's 500).
+    /// It is the queue a game packet waits in behind bulk traffic on its way out: short (16)
+    /// keeps ping low while TCP saturates the tunnel, but drops bursts of small packets.
+    #[arg(long, value_name = "PACKETS", value_parser = clap::value_parser!(u32).range(1..))]
+    pub tun_queue_len: Option<u32>,
     /// Latency lane: UDP/TCP ports (e.g. a game's) whose packets go out ahead of bulk.
     #[arg(long, value_name = "PORT,...", value_delimiter = ',')]
     pub priority_ports: Vec<u16>,
@@ -84,7 +89,7 @@ fn serve(args: &WgArgs) -> Result<()> {
     let threads = args.threads.map_or_else(default_threads, usize::from);
     let path = socket_path(&args.ifname);
     let listener = uapi_server::bind(&path)?;
-    let tun = TunDevice::create(&args.ifname, threads, args.mtu)
+    let tun = TunDevice::create(&args.ifname, threads, args.mtu, args.tun_queue_len)
         .with_context(|| format!("cannot create TUN interface {}", args.ifname))?;
     let config = EngineConfig {
         threads,

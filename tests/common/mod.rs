@@ -97,12 +97,16 @@ pub enum Impl {
 }
 
 impl Impl {
-    /// Program and arguments that run this implementation in the foreground for `ifname`.
-    fn argv(self, ifname: &str) -> Vec<&str> {
-        match self {
-            Impl::Lanrage => vec![env!("CARGO_BIN_EXE_lanrage"), "wg", "-f", ifname],
-            Impl::WireguardGo => vec![WIREGUARD_GO, "-f", ifname],
-        }
+    /// Program and arguments that run this implementation in the foreground for `ifname`,
+    /// with `options` before the interface name.
+    fn argv<'a>(self, ifname: &'a str, options: &[&'a str]) -> Vec<&'a str> {
+        let mut argv = match self {
+            Impl::Lanrage => vec![env!("CARGO_BIN_EXE_lanrage"), "wg", "-f"],
+            Impl::WireguardGo => vec![WIREGUARD_GO, "-f"],
+        };
+        argv.extend_from_slice(options);
+        argv.push(ifname);
+        argv
     }
 }
 
@@ -325,7 +329,7 @@ pub fn run(ns: Option<&str>, argv: &[&str]) -> String {
 pub struct TempDir(PathBuf);
 
 impl TempDir {
-    fn new(tag: &str) -> TempDir {
+    pub fn new(tag: &str) -> TempDir {
         let path = std::env::temp_dir().join(format!("lanrage-itest-{tag}"));
         let _ = fs::remove_dir_all(&path); // leftover of a killed run that had our pid
         fs::create_dir_all(&path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
@@ -395,11 +399,16 @@ impl Daemon {
     /// Starts `imp` for `ifname` in `ns` and waits (bounded) until its UAPI socket accepts
     /// connections, which is when `wg` can configure it.
     pub fn spawn(imp: Impl, ns: &str, ifname: &str, log: PathBuf) -> Daemon {
+        Daemon::spawn_with(imp, ns, ifname, log, &[])
+    }
+
+    /// As [`Daemon::spawn`], with command-line `options` for the daemon.
+    pub fn spawn_with(imp: Impl, ns: &str, ifname: &str, log: PathBuf, options: &[&str]) -> Daemon {
         let socket = uapi_socket(ifname);
         let _ = fs::remove_file(&socket); // stale, from a killed run that had our pid
         let log_file =
             File::create(&log).unwrap_or_else(|e| panic!("create {}: {e}", log.display()));
-        let argv = imp.argv(ifname);
+        let argv = imp.argv(ifname, options);
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", ns])
             .args(&argv)
