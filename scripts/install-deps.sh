@@ -34,6 +34,7 @@ PACKAGES=(
     iproute2          # ip, ss, tc (netem)
     iputils-ping      # ping
     iptables          # NAT lab (MASQUERADE in a router namespace)
+    coturn            # NAT lab: STUN server on two addresses (RFC 5780)
     netcat-openbsd    # nc: UDP/TCP probes in tests
     jq                # JSON from iperf3 and bench results
     bc                # arithmetic in the scripts

@@ -7,6 +7,7 @@ mod demo;
 mod json_api;
 mod local_api;
 mod logging;
+mod netcheck;
 mod wg;
 
 use std::process::ExitCode;
@@ -38,6 +39,8 @@ enum Command {
     },
     /// The other members: virtual IPs, endpoints, traffic.
     Peers(cli::ApiArgs),
+    /// What this host's NAT does to UDP: NAT type, reflexive address, filtering (STUN).
+    Netcheck(netcheck::NetcheckArgs),
     /// Userspace WireGuard interface, configured with `wg` (drop-in for `wireguard-go IFNAME`).
     Wg(wg::WgArgs),
     /// Rendezvous server for parties: create, join, members' addresses and endpoints.
@@ -52,6 +55,7 @@ fn main() -> ExitCode {
         Command::Status(api) => cli::status(&api),
         Command::Party { command, api } => cli::party(&api, &command),
         Command::Peers(api) => cli::peers(&api),
+        Command::Netcheck(args) => netcheck::run(args),
         Command::Wg(args) => wg::run(args),
         Command::ControlServer(args) => control_server::run(args),
     };

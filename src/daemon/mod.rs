@@ -6,7 +6,7 @@
 mod api;
 mod control;
 mod key;
-mod lan;
+pub(crate) mod lan;
 mod local_link;
 mod server_client;
 

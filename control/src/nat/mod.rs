@@ -1,6 +1,7 @@
 //! What a peer's NAT lets through, as members tell each other: measured with STUN
 //! ([`stun`]) and named by [`classify`].
 
+pub mod probe;
 pub mod stun;
 
 use std::fmt;
