@@ -114,6 +114,21 @@ fn print_status(s: &Status) {
         }
         None => println!("party:      none (lanrage party create NAME | party join CODE)"),
     }
+    match &s.nat {
+        Some(n) => println!(
+            "NAT:        {}{}{} (checked {} s ago)",
+            n.nat_type,
+            n.reflexive
+                .map_or_else(String::new, |r| format!(", seen from outside as {r}")),
+            if n.mapping_varies {
+                ", mapping varies by destination"
+            } else {
+                ""
+            },
+            n.checked_secs_ago
+        ),
+        None => println!("NAT:        not checked yet"),
+    }
     if !s.peers.is_empty() {
         println!();
         print_peers(&s.peers);

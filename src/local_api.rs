@@ -32,6 +32,19 @@ pub struct Status {
     pub server_state: String,
     pub party: Option<PartySummary>,
     pub peers: Vec<PeerInfo>,
+    /// The last NAT check from the WireGuard port; absent until one has finished.
+    #[serde(default)]
+    pub nat: Option<NatSummary>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NatSummary {
+    /// As `lanrage netcheck` names it.
+    pub nat_type: String,
+    /// The WireGuard port as the first STUN server that answered saw it.
+    pub reflexive: Option<SocketAddr>,
+    pub mapping_varies: bool,
+    pub checked_secs_ago: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

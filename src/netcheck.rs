@@ -79,7 +79,7 @@ pub fn run(args: NetcheckArgs) -> Result<()> {
 
 /// Runs the probe on `socket` to its end (a few seconds at most).
 fn probe(socket: &UdpSocket, servers: &[SocketAddr], local: Vec<SocketAddr>) -> Result<NetReport> {
-    let mut probe = NatProbe::new(Instant::now(), servers, local, random_id);
+    let mut probe = NatProbe::new(Instant::now(), servers, local, crate::daemon::random_id);
     let mut buf = [0u8; 1500];
     loop {
         let now = Instant::now();
@@ -112,14 +112,6 @@ fn probe(socket: &UdpSocket, servers: &[SocketAddr], local: Vec<SocketAddr>) -> 
             Err(e) => return Err(e).context("receiving STUN answers"),
         }
     }
-}
-
-fn random_id() -> [u8; 12] {
-    let mut id = [0u8; 12];
-    // Without the system's randomness an attacker could forge answers; there is no
-    // sensible way on without it.
-    getrandom::fill(&mut id).expect("the system's random source failed");
-    id
 }
 
 fn resolve_v4(name: &str) -> Result<SocketAddr> {

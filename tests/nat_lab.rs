@@ -75,7 +75,8 @@ struct Lab {
 
 /// A veth pair between two namespaces, named `a_name` in `a` and `b_name` in `b`.
 fn link(a: &Netns, a_name: &str, b: &Netns, b_name: &str) {
-    let tmp = format!("lrt{}", std::process::id() % 100_000);
+    // Made in the root namespace, so unique across tests running at once.
+    let tmp = format!("lrt{}", unique_tag());
     common::run(
         None,
         &[
@@ -281,4 +282,82 @@ fn netcheck_names_each_routers_nat() {
         failures.join("\n"),
         lab.internet.name
     );
+}
+
+/// The daemon measures its NAT from the WireGuard port itself, so the reflexive address it
+/// reports (and tells its party) is the one peers can reach: MASQUERADE keeps the port.
+#[test]
+fn the_daemon_checks_its_nat_from_the_wireguard_port() {
+    let lab = Lab::new();
+    let server = format!("{STUN_PRIMARY}:3478");
+    let mut daemons = Vec::new();
+    for (name, expect, ns) in lab
+        .homes
+        .iter()
+        .filter(|(n, _, _)| n == "cone" || n == "symmetric")
+    {
+        let data = lab._dir.path().join(format!("data-{name}"));
+        let log = lab._dir.path().join(format!("daemon-{name}.log"));
+        let script = format!("exec \"$@\" 2>'{}'", log.display());
+        let daemon = Proc::spawn(
+            Some(&ns.name),
+            &[
+                "sh",
+                "-c",
+                &script,
+                "sh",
+                "env",
+                "RUST_LOG=debug",
+                env!("CARGO_BIN_EXE_lanrage"),
+                "up",
+                "--interface",
+                "lr0",
+                "--listen-port",
+                "51820",
+                "--stun",
+                &server,
+                "--data-dir",
+                &data.to_string_lossy(),
+            ],
+            None,
+        );
+        daemons.push((name, *expect, ns, daemon, log));
+    }
+    for (name, expect, ns, _, log) in &daemons {
+        let mut last = Value::Null;
+        let checked = (0..150).any(|_| {
+            let out = common::try_run(
+                Some(&ns.name),
+                &[env!("CARGO_BIN_EXE_lanrage"), "status", "--json"],
+            );
+            last = out
+                .ok()
+                .and_then(|o| serde_json::from_slice(&o.stdout).ok())
+                .unwrap_or(Value::Null);
+            let done = !last["nat"].is_null();
+            if !done {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            done
+        });
+        assert!(
+            checked,
+            "{name}: no NAT check within 15 s; last status {last:#}\ndaemon log {}:\n{}",
+            log.display(),
+            std::fs::read_to_string(log).unwrap_or_else(|e| e.to_string()),
+        );
+        assert_eq!(last["nat"]["nat_type"], *expect, "{name}: {last:#}");
+        let k = if *name == "cone" { 1 } else { 2 };
+        let reflexive = last["nat"]["reflexive"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(
+            reflexive.starts_with(&format!("198.18.{k}.2:")),
+            "{name}: {last:#}"
+        );
+        if *name == "cone" {
+            assert_eq!(reflexive, "198.18.1.2:51820", "{name}: the port is kept");
+        }
+    }
 }

@@ -20,8 +20,9 @@ use lanrage_engine::io::tun::TunAddresses;
 use lanrage_engine::{DeviceUpdate, EngineHandle, Event as EngineEvent, PeerUpdate, Prefix};
 
 use super::local_link::LocalLink;
+use super::nat_check::NatCheck;
 use super::server_client::{CallError, ServerClient};
-use crate::local_api::{PartySummary, PeerInfo, Status};
+use crate::local_api::{NatSummary, PartySummary, PeerInfo, Status};
 
 /// WireGuard keepalive toward party members: keeps NAT mappings open between game packets.
 const KEEPALIVE_SECS: u16 = 25;
@@ -52,6 +53,8 @@ pub struct ControlThread {
     pub client: Option<ServerClient>,
     /// Where local mode remembers its party across restarts.
     pub data_dir: PathBuf,
+    /// STUN servers (HOST:PORT) for the NAT check; empty: no check.
+    pub stun_servers: Vec<String>,
 }
 
 struct State {
@@ -63,6 +66,7 @@ struct State {
     /// Local mode (no server): the party found by LAN announcements, and its socket.
     local: Option<(LocalParty, Arc<LocalLink>)>,
     lan_tx: Sender<(SocketAddr, Vec<u8>)>,
+    nat: NatCheck,
 }
 
 impl ControlThread {
@@ -72,6 +76,7 @@ impl ControlThread {
         let (lan_tx, lan_rx) = bounded(256);
         let me = self.me;
         let engine_events = self.engine_events.clone();
+        let nat = NatCheck::new(self.stun_servers.clone());
         let mut state = State {
             cfg: self,
             membership: Membership::new(me),
@@ -80,6 +85,7 @@ impl ControlThread {
             stream_tx,
             local: None,
             lan_tx,
+            nat,
         };
         state.resume();
         let mut next_address_check = Instant::now();
@@ -91,6 +97,7 @@ impl ControlThread {
             let next = [
                 state.membership.next_timeout(),
                 state.local.as_ref().map(|(party, _)| party.next_timeout()),
+                state.nat.next_timeout(),
             ]
             .into_iter()
             .flatten()
@@ -123,16 +130,23 @@ impl ControlThread {
                     Ok(EngineEvent::HandshakeCompleted { public_key }) => {
                         tracing::debug!(peer = %PeerId(public_key), "handshake completed");
                     }
-                    // STUN and probe frames get their consumer with NAT traversal.
-                    Ok(EngineEvent::Datagram { .. }) => {}
+                    Ok(EngineEvent::Datagram { from, data }) => {
+                        if !state.nat.datagram(Instant::now(), &data) {
+                            tracing::trace!(%from, len = data.len(), "datagram for no one; dropped");
+                        }
+                    }
                     Err(_) => break,
                 },
                 recv(shutdown) -> _ => break,
-                default(wait) => {
-                    let actions = state.membership.poll(Instant::now());
-                    state.apply(actions);
-                    state.local_timers();
-                }
+                default(wait) => {}
+            }
+            // Timers run after every wake-up, not only idle ones: a client polling the local
+            // API faster than the next timer must not hold it off.
+            let actions = state.membership.poll(Instant::now());
+            state.apply(actions);
+            state.local_timers();
+            if state.nat.poll(Instant::now(), &state.cfg.engine).is_some() {
+                state.check_reachability();
             }
         }
         if let Some((mut party, link)) = state.local.take() {
@@ -242,10 +256,10 @@ impl State {
     }
 
     /// Tells the party where we can be reached: every local IPv4 address but loopback and our
-    /// own interface, at the WireGuard port. (Reflexive and mapped addresses come with NAT
-    /// traversal.)
+    /// own interface, at the WireGuard port, then the reflexive address the NAT check found
+    /// (unless the NAT maps per destination, when it would be of no use to anyone else).
     fn check_reachability(&mut self) {
-        let endpoints = match super::lan::ipv4_addresses(&self.cfg.interface) {
+        let local: Vec<SocketAddr> = match super::lan::ipv4_addresses(&self.cfg.interface) {
             Ok(addresses) => addresses
                 .into_iter()
                 .filter(|a| !a.is_link_local())
@@ -256,10 +270,19 @@ impl State {
                 return;
             }
         };
-        self.feed(Input::Reachability {
-            endpoints,
-            nat: NatType::Unknown,
-        });
+        self.nat.set_local(local.clone());
+        let mut endpoints = local;
+        let mut nat = NatType::Unknown;
+        if let Some((report, _)) = self.nat.last() {
+            nat = report.nat;
+            let reflexive = report.facts.mappings.first().map(|&(_, mapped)| mapped);
+            if let Some(mapped) = reflexive.filter(|_| !report.facts.mapping_varies()) {
+                if !endpoints.contains(&mapped) {
+                    endpoints.push(mapped);
+                }
+            }
+        }
+        self.feed(Input::Reachability { endpoints, nat });
     }
 
     fn feed(&mut self, input: Input) {
@@ -452,6 +475,12 @@ impl State {
             server_state: self.server_state.clone(),
             party,
             peers: self.peers(),
+            nat: self.nat.last().map(|(report, at)| NatSummary {
+                nat_type: report.nat.name().to_owned(),
+                reflexive: report.facts.mappings.first().map(|&(_, mapped)| mapped),
+                mapping_varies: report.facts.mapping_varies(),
+                checked_secs_ago: at.elapsed().as_secs(),
+            }),
         }
     }
 

@@ -8,6 +8,7 @@ mod control;
 mod key;
 pub(crate) mod lan;
 mod local_link;
+mod nat_check;
 mod server_client;
 
 use std::net::SocketAddr;
@@ -50,6 +51,10 @@ pub struct UpArgs {
     /// Worker threads; default: one per core.
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
+    /// STUN server (HOST:PORT) for the NAT check from the WireGuard port; repeat for several
+    /// (default: a few public ones; see `lanrage netcheck`).
+    #[arg(long = "stun", value_name = "HOST:PORT")]
+    pub stun: Vec<String>,
 }
 
 pub fn run(args: UpArgs) -> Result<()> {
@@ -94,6 +99,14 @@ pub fn run(args: UpArgs) -> Result<()> {
         engine_events,
         addresses,
         data_dir: args.data_dir.clone(),
+        stun_servers: if args.stun.is_empty() {
+            crate::netcheck::DEFAULT_STUN_SERVERS
+                .iter()
+                .map(|s| s.to_string())
+                .collect()
+        } else {
+            args.stun.clone()
+        },
         client: args
             .server
             .as_deref()
@@ -124,6 +137,14 @@ pub fn run(args: UpArgs) -> Result<()> {
     drop(engine);
     tracing::info!(interface = %args.interface, "stopped");
     Ok(())
+}
+
+/// A STUN transaction id. Unpredictable ids are what keep others from forging answers, so
+/// without the system's random source there is no sensible way on.
+pub(crate) fn random_id() -> [u8; 12] {
+    let mut id = [0u8; 12];
+    getrandom::fill(&mut id).expect("the system's random source failed");
+    id
 }
 
 fn hostname() -> String {
