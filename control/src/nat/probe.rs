@@ -481,8 +481,9 @@ mod tests {
     #[test]
     fn each_nat_behaviour_gets_its_name() {
         let servers = [addr(S1), addr(S2)];
+        type Mapping = fn(SocketAddr) -> SocketAddr;
         type Admits = fn(&[SocketAddr], SocketAddr) -> bool;
-        let cases: [(fn(SocketAddr) -> SocketAddr, Admits, NatType); 4] = [
+        let cases: [(Mapping, Admits, NatType); 4] = [
             (stable, anyone, NatType::FullCone),
             (stable, addresses_sent_to, NatType::Restricted),
             (stable, endpoints_sent_to, NatType::PortRestricted),
