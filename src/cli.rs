@@ -146,19 +146,23 @@ fn print_peers(peers: &[PeerInfo]) {
         return;
     }
     println!(
-        "{:<20} {:<15} {:<22} {:>10} {:>12} {:>12}",
-        "NAME", "VIRTUAL IP", "ENDPOINT", "HANDSHAKE", "RECEIVED", "SENT"
+        "{:<20} {:<15} {:<22} {:>9} {:>10} {:>12} {:>12}",
+        "NAME", "VIRTUAL IP", "ENDPOINT", "RTT", "HANDSHAKE", "RECEIVED", "SENT"
     );
     for p in peers {
         let endpoint = p.endpoint.map_or_else(|| "-".into(), |e| e.to_string());
         let handshake = p
             .handshake_age_secs
             .map_or_else(|| "never".into(), |s| format!("{s} s ago"));
+        let rtt = p
+            .rtt_ms
+            .map_or_else(|| "-".into(), |ms| format!("{ms:.1} ms"));
         println!(
-            "{:<20} {:<15} {:<22} {:>10} {:>12} {:>12}",
+            "{:<20} {:<15} {:<22} {:>9} {:>10} {:>12} {:>12}",
             p.name,
             p.virtual_ip,
             endpoint,
+            rtt,
             handshake,
             bytes(p.rx_bytes),
             bytes(p.tx_bytes)

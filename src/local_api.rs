@@ -66,6 +66,9 @@ pub struct PeerInfo {
     pub handshake_age_secs: Option<u64>,
     pub rx_bytes: u64,
     pub tx_bytes: u64,
+    /// Round trip of the path chosen by probing, in milliseconds; absent while none answers.
+    #[serde(default)]
+    pub rtt_ms: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -7,7 +7,7 @@
 //! ```text
 //!                      internet (coturn on 198.18.100.1 and .2, ports 3478 and 3479)
 //!        ┌───────────┬───────────┼───────────┬────────────┐
-//!      cone      symmetric   forwarded    blocked       public host (no NAT)
+//!    cone, cone2  symmetric   forwarded    blocked       public host (no NAT)
 //!    (MASQUERADE) (--random-  (DNAT of    (UDP dropped)
 //!        │          fully)    all UDP)        │
 //!      home         home        home         home
@@ -25,6 +25,13 @@ use serde_json::Value;
 const STUN_PRIMARY: &str = "198.18.100.1";
 const STUN_ALTERNATE: &str = "198.18.100.2";
 
+/// What home routers do with unsolicited packets to themselves (OpenWrt's wan zone rejects
+/// input). It matters for hole punching: without it, Linux accepts a peer's early probe into
+/// its own stack (no listener, an ICMP error), keeps that connection tracked, and when our
+/// answer later leaves for the same peer, gives it a new port because the tracked one clashes,
+/// so the peer's NAT drops what we send.
+const HOME_FIREWALL: &str = "-A INPUT -i wan -m conntrack --ctstate NEW,INVALID -j DROP";
+
 /// What a home router does, and what netcheck must call it.
 struct Router {
     name: &'static str,
@@ -33,16 +40,19 @@ struct Router {
     expect: &'static str,
 }
 
-const ROUTERS: [Router; 4] = [
+const ROUTERS: [Router; 5] = [
     Router {
         name: "cone",
         // Linux keeps the source port and filters by connection tracking.
-        rules: &["-t nat -A POSTROUTING -o wan -j MASQUERADE"],
+        rules: &["-t nat -A POSTROUTING -o wan -j MASQUERADE", HOME_FIREWALL],
         expect: "port-restricted",
     },
     Router {
         name: "symmetric",
-        rules: &["-t nat -A POSTROUTING -o wan -j MASQUERADE --random-fully"],
+        rules: &[
+            "-t nat -A POSTROUTING -o wan -j MASQUERADE --random-fully",
+            HOME_FIREWALL,
+        ],
         expect: "symmetric",
     },
     Router {
@@ -53,6 +63,11 @@ const ROUTERS: [Router; 4] = [
             "-t nat -A PREROUTING -i wan -p udp -j DNAT --to-destination {home}",
         ],
         expect: "full-cone",
+    },
+    Router {
+        name: "cone2",
+        rules: &["-t nat -A POSTROUTING -o wan -j MASQUERADE", HOME_FIREWALL],
+        expect: "port-restricted",
     },
     Router {
         name: "blocked",
@@ -117,11 +132,54 @@ fn link(a: &Netns, a_name: &str, b: &Netns, b_name: &str) {
 }
 
 impl Lab {
+    /// `lanrage up` in `ns` on port 51820 with the lab's STUN server and `args`; its log
+    /// (debug level) goes to a file returned beside it.
+    fn daemon(&self, name: &str, ns: &Netns, args: &[&str]) -> (Proc, std::path::PathBuf) {
+        let data = self._dir.path().join(format!("data-{name}"));
+        let log = self._dir.path().join(format!("daemon-{name}.log"));
+        let script = format!("exec \"$@\" 2>'{}'", log.display());
+        let stun = format!("{STUN_PRIMARY}:3478");
+        let data = data.to_string_lossy();
+        let mut argv = vec![
+            "sh",
+            "-c",
+            &script,
+            "sh",
+            "env",
+            "RUST_LOG=lanrage=debug",
+            env!("CARGO_BIN_EXE_lanrage"),
+            "up",
+            "--interface",
+            "lr0",
+            "--listen-port",
+            "51820",
+            "--stun",
+            &stun,
+            "--data-dir",
+            &data,
+            "--name",
+            name,
+        ];
+        argv.extend_from_slice(args);
+        (Proc::spawn(Some(&ns.name), &argv, None), log)
+    }
+
+    fn home(&self, name: &str) -> &Netns {
+        &self
+            .homes
+            .iter()
+            .find(|(n, _, _)| n == name)
+            .expect("a home of that name")
+            .2
+    }
+
     fn new() -> Lab {
         common::require_root();
         let tag = unique_tag();
         let dir = TempDir::new(&format!("natlab-{tag}"));
         let internet = Netns::new(format!("lrnat-{tag}-inet"));
+        // It routes between the homes' routers.
+        internet.run(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
         for ip in [STUN_PRIMARY, STUN_ALTERNATE] {
             internet.run(&["ip", "addr", "add", &format!("{ip}/32"), "dev", "lo"]);
         }
@@ -289,38 +347,13 @@ fn netcheck_names_each_routers_nat() {
 #[test]
 fn the_daemon_checks_its_nat_from_the_wireguard_port() {
     let lab = Lab::new();
-    let server = format!("{STUN_PRIMARY}:3478");
     let mut daemons = Vec::new();
     for (name, expect, ns) in lab
         .homes
         .iter()
         .filter(|(n, _, _)| n == "cone" || n == "symmetric")
     {
-        let data = lab._dir.path().join(format!("data-{name}"));
-        let log = lab._dir.path().join(format!("daemon-{name}.log"));
-        let script = format!("exec \"$@\" 2>'{}'", log.display());
-        let daemon = Proc::spawn(
-            Some(&ns.name),
-            &[
-                "sh",
-                "-c",
-                &script,
-                "sh",
-                "env",
-                "RUST_LOG=debug",
-                env!("CARGO_BIN_EXE_lanrage"),
-                "up",
-                "--interface",
-                "lr0",
-                "--listen-port",
-                "51820",
-                "--stun",
-                &server,
-                "--data-dir",
-                &data.to_string_lossy(),
-            ],
-            None,
-        );
+        let (daemon, log) = lab.daemon(name, ns, &[]);
         daemons.push((name, *expect, ns, daemon, log));
     }
     for (name, expect, ns, _, log) in &daemons {
@@ -360,4 +393,110 @@ fn the_daemon_checks_its_nat_from_the_wireguard_port() {
             assert_eq!(reflexive, "198.18.1.2:51820", "{name}: the port is kept");
         }
     }
+}
+
+const CONTROL_SERVER: &str = "198.18.100.10:8667";
+
+/// The CLI's JSON answer in `ns`, or `Null` if it failed.
+fn cli(ns: &Netns, args: &[&str]) -> Value {
+    let mut argv = vec![env!("CARGO_BIN_EXE_lanrage")];
+    argv.extend_from_slice(args);
+    argv.push("--json");
+    common::try_run(Some(&ns.name), &argv)
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| serde_json::from_slice(&o.stdout).ok())
+        .unwrap_or(Value::Null)
+}
+
+/// Two players behind port-restricted NATs (Linux MASQUERADE, the hardest cone to punch) form a party through a control
+/// server on the internet: each learns the other's reflexive address, both probe at once, the
+/// NATs open, and the tunnel runs directly between the two routers' public addresses.
+#[test]
+fn players_behind_two_cone_nats_connect_directly() {
+    let lab = Lab::new();
+    lab.internet
+        .run(&["ip", "addr", "add", "198.18.100.10/32", "dev", "lo"]);
+    let db = lab._dir.path().join("control.db");
+    let _server = Proc::spawn(
+        Some(&lab.internet.name),
+        &[
+            env!("CARGO_BIN_EXE_lanrage"),
+            "control-server",
+            "--listen",
+            CONTROL_SERVER,
+            "--db",
+            &db.to_string_lossy(),
+        ],
+        None,
+    );
+    let url = format!("http://{CONTROL_SERVER}");
+    let (alice_ns, bob_ns) = (lab.home("cone"), lab.home("cone2"));
+    let (_alice, alice_log) = lab.daemon("alice", alice_ns, &["--server", &url]);
+    let (_bob, bob_log) = lab.daemon("bob", bob_ns, &["--server", &url]);
+    let logs = || {
+        format!(
+            "alice:\n{}\nbob:\n{}",
+            std::fs::read_to_string(&alice_log).unwrap_or_default(),
+            std::fs::read_to_string(&bob_log).unwrap_or_default()
+        )
+    };
+    for ns in [alice_ns, bob_ns] {
+        wait_until(
+            Duration::from_secs(15),
+            "daemons up with their NAT checked",
+            || !cli(ns, &["status"])["nat"].is_null(),
+        );
+    }
+    let party = cli(alice_ns, &["party", "create", "lab night"]);
+    let code = party["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no code: {party}\n{}", logs()));
+    let joined_at = std::time::Instant::now();
+    let joined = cli(bob_ns, &["party", "join", code]);
+    assert!(!joined.is_null(), "join failed\n{}", logs());
+    let alice_ip = cli(alice_ns, &["status"])["party"]["virtual_ip"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let mut first_reply = None;
+    for _ in 0..100 {
+        let ok = common::try_run(
+            Some(&bob_ns.name),
+            &["ping", "-c", "1", "-W", "1", "-q", &alice_ip],
+        )
+        .is_ok_and(|o| o.status.success());
+        if ok {
+            first_reply = Some(joined_at.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let first_reply =
+        first_reply.unwrap_or_else(|| panic!("bob never reached alice at {alice_ip}\n{}", logs()));
+    eprintln!("join -> first ping reply across two NATs: {first_reply:?}");
+    // Direct: each side's WireGuard endpoint is the other router's public address, and each
+    // has measured the path.
+    for ns in [alice_ns, bob_ns] {
+        wait_until(
+            Duration::from_secs(5),
+            "both sides measured the path",
+            || cli(ns, &["peers"])[0]["rtt_ms"].is_f64(),
+        );
+    }
+    let peers = cli(bob_ns, &["peers"]);
+    assert_eq!(
+        peers[0]["endpoint"],
+        "198.18.1.2:51820",
+        "{peers:#}\n{}",
+        logs()
+    );
+    assert!(peers[0]["rtt_ms"].as_f64().is_some(), "{peers:#}");
+    let peers = cli(alice_ns, &["peers"]);
+    assert_eq!(
+        peers[0]["endpoint"],
+        "198.18.4.2:51820",
+        "{peers:#}\n{}",
+        logs()
+    );
 }

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod ipam;
 pub mod nat;
 pub mod party;
+pub mod path;
 pub mod peer_id;
 pub mod server_api;
 pub mod uapi;

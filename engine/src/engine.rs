@@ -324,13 +324,28 @@ impl Control {
             }
         }
         let mut keepalives_on = Vec::new();
+        let mut moved = Vec::new();
         for change in changes {
             let key = change.public_key;
+            let endpoint = change.endpoint;
+            let before = self
+                .peers
+                .get(&key)
+                .and_then(|e| e.peer.state.lock().endpoint);
             if self.update_peer(change) {
                 keepalives_on.push(key);
             }
+            if endpoint.is_some() && before.is_some() && endpoint != before {
+                moved.push(key);
+            }
         }
         self.publish();
+        // A handshake sent to an address that turned out wrong (the owner found the path
+        // since) would otherwise be retried only after WireGuard's 5 s: start one at the new
+        // address now, if there is no session yet.
+        for key in moved {
+            self.initiate_if_no_session(key);
+        }
         // As wireguard-go does: turning persistent keepalive on sends one at once, which
         // starts a handshake if there is no session. A peer that restarted (and lost its
         // sessions) is thereby reachable again without waiting for a timer.
@@ -485,6 +500,30 @@ impl Control {
             return;
         };
         if let TunnResult::WriteToNetwork(datagram) = tunn.encapsulate(&[], &mut buf) {
+            entry.peer.add_tx(datagram.len());
+            send_one(socket, datagram, to, self.dual_stack);
+        }
+    }
+
+    /// Sends `key` a fresh handshake initiation unless a session is up.
+    fn initiate_if_no_session(&self, key: Key) {
+        let (Some(entry), Some(socket)) = (self.peers.get(&key), self.sockets.first()) else {
+            return;
+        };
+        let mut buf = [0u8; 256];
+        let mut state = entry.peer.state.lock();
+        let Some(to) = state.endpoint else {
+            return;
+        };
+        let Some(tunn) = state.tunn.as_mut() else {
+            return;
+        };
+        if tunn.time_since_last_handshake().is_some() {
+            return;
+        }
+        if let TunnResult::WriteToNetwork(datagram) =
+            tunn.format_handshake_initiation(&mut buf, true)
+        {
             entry.peer.add_tx(datagram.len());
             send_one(socket, datagram, to, self.dual_stack);
         }

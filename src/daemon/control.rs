@@ -14,6 +14,8 @@ use lanrage_control::nat::NatType;
 use lanrage_control::party::code::PartyCode;
 use lanrage_control::party::local::LocalParty;
 use lanrage_control::party::membership::{Action, Input, Membership};
+use lanrage_control::path::frame;
+use lanrage_control::path::selector::{PathEvent, PathSelector};
 use lanrage_control::peer_id::PeerId;
 use lanrage_control::server_api::{EventJson, PartyJson};
 use lanrage_engine::io::tun::TunAddresses;
@@ -55,6 +57,8 @@ pub struct ControlThread {
     pub data_dir: PathBuf,
     /// STUN servers (HOST:PORT) for the NAT check; empty: no check.
     pub stun_servers: Vec<String>,
+    /// Our static WireGuard key: path probes are authenticated with keys derived from it.
+    pub secret: [u8; 32],
 }
 
 struct State {
@@ -67,6 +71,7 @@ struct State {
     local: Option<(LocalParty, Arc<LocalLink>)>,
     lan_tx: Sender<(SocketAddr, Vec<u8>)>,
     nat: NatCheck,
+    paths: PathSelector,
 }
 
 impl ControlThread {
@@ -77,6 +82,7 @@ impl ControlThread {
         let me = self.me;
         let engine_events = self.engine_events.clone();
         let nat = NatCheck::new(self.stun_servers.clone());
+        let paths = PathSelector::new(self.secret.into(), super::random_id);
         let mut state = State {
             cfg: self,
             membership: Membership::new(me),
@@ -86,6 +92,7 @@ impl ControlThread {
             local: None,
             lan_tx,
             nat,
+            paths,
         };
         state.resume();
         let mut next_address_check = Instant::now();
@@ -98,6 +105,7 @@ impl ControlThread {
                 state.membership.next_timeout(),
                 state.local.as_ref().map(|(party, _)| party.next_timeout()),
                 state.nat.next_timeout(),
+                state.paths.poll_timeout(),
             ]
             .into_iter()
             .flatten()
@@ -131,7 +139,11 @@ impl ControlThread {
                         tracing::debug!(peer = %PeerId(public_key), "handshake completed");
                     }
                     Ok(EngineEvent::Datagram { from, data }) => {
-                        if !state.nat.datagram(Instant::now(), &data) {
+                        if frame::is_probe(&data) {
+                            if let Err(why) = state.paths.handle(Instant::now(), from, &data) {
+                                tracing::debug!(%from, ?why, "path probe refused");
+                            }
+                        } else if !state.nat.datagram(Instant::now(), &data) {
                             tracing::trace!(%from, len = data.len(), "datagram for no one; dropped");
                         }
                     }
@@ -148,6 +160,7 @@ impl ControlThread {
             if state.nat.poll(Instant::now(), &state.cfg.engine).is_some() {
                 state.check_reachability();
             }
+            state.path_timers();
         }
         if let Some((mut party, link)) = state.local.take() {
             link.send(&party.leave());
@@ -285,6 +298,34 @@ impl State {
         self.feed(Input::Reachability { endpoints, nat });
     }
 
+    /// Sends the path probes due and points each peer's WireGuard endpoint at its chosen
+    /// path.
+    fn path_timers(&mut self) {
+        let now = Instant::now();
+        while let Some((to, datagram)) = self.paths.poll_transmit(now) {
+            if self.cfg.engine.send_datagram(to, datagram).is_err() {
+                tracing::debug!(%to, "engine gone; path probe not sent");
+            }
+        }
+        while let Some(event) = self.paths.poll_event() {
+            match event {
+                PathEvent::Chosen {
+                    peer,
+                    endpoint,
+                    rtt,
+                } => {
+                    tracing::info!(%peer, %endpoint, rtt_ms = rtt.as_secs_f64() * 1e3, "path chosen");
+                    let mut update = PeerUpdate::new(peer.0);
+                    update.endpoint = Some(endpoint);
+                    self.engine_update(update);
+                }
+                PathEvent::Lost { peer } => {
+                    tracing::warn!(%peer, "no path to the peer answers any more; still trying");
+                }
+            }
+        }
+    }
+
     fn feed(&mut self, input: Input) {
         let actions = self.membership.handle(Instant::now(), input);
         self.apply(actions);
@@ -312,10 +353,17 @@ impl State {
                 Action::UpsertPeer {
                     peer,
                     virtual_ip,
-                    endpoint,
+                    endpoints,
                 } => {
+                    let now = Instant::now();
                     let mut update = PeerUpdate::new(peer.0);
-                    update.endpoint = endpoint;
+                    // The path probing chose, else the peer's first candidate until it does.
+                    update.endpoint = self
+                        .paths
+                        .path(&peer, now)
+                        .map(|(endpoint, _)| endpoint)
+                        .or_else(|| endpoints.first().copied());
+                    self.paths.set_peer(now, peer, &endpoints);
                     update.persistent_keepalive = Some(KEEPALIVE_SECS);
                     update.replace_allowed_ips = true;
                     update.allowed_ips = vec![Prefix {
@@ -325,6 +373,7 @@ impl State {
                     self.engine_update(update);
                 }
                 Action::RemovePeer(peer) => {
+                    self.paths.remove_peer(&peer);
                     let mut update = PeerUpdate::new(peer.0);
                     update.remove = true;
                     self.engine_update(update);
@@ -508,6 +557,10 @@ impl State {
                         .map(|d| d.as_secs()),
                     rx_bytes: live.map_or(0, |p| p.rx_bytes),
                     tx_bytes: live.map_or(0, |p| p.tx_bytes),
+                    rtt_ms: self
+                        .paths
+                        .path(&m.peer, Instant::now())
+                        .map(|(_, rtt)| rtt.as_secs_f64() * 1e3),
                 }
             })
             .collect()

@@ -99,6 +99,7 @@ pub fn run(args: UpArgs) -> Result<()> {
         engine_events,
         addresses,
         data_dir: args.data_dir.clone(),
+        secret,
         stun_servers: if args.stun.is_empty() {
             crate::netcheck::DEFAULT_STUN_SERVERS
                 .iter()

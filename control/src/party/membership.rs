@@ -31,11 +31,12 @@ pub enum Action {
         prefix_len: u8,
     },
     ClearAddress,
-    /// Add a peer, or change its endpoint; its allowed IP is its virtual address.
+    /// Add a peer, or change its candidate addresses (as it advertised them, best guess
+    /// first); its allowed IP is its virtual address.
     UpsertPeer {
         peer: PeerId,
         virtual_ip: Ipv4Addr,
-        endpoint: Option<SocketAddr>,
+        endpoints: Vec<SocketAddr>,
     },
     RemovePeer(PeerId),
     SendHeartbeat(Heartbeat),
@@ -63,7 +64,7 @@ pub enum Input {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Peer {
     virtual_ip: Ipv4Addr,
-    endpoint: Option<SocketAddr>,
+    endpoints: Vec<SocketAddr>,
 }
 
 #[derive(Debug)]
@@ -243,14 +244,13 @@ impl Membership {
         }
         let peer = Peer {
             virtual_ip: member.virtual_ip,
-            // The first candidate until NAT traversal picks the best path.
-            endpoint: member.endpoints.first().copied(),
+            endpoints: member.endpoints.clone(),
         };
         if self.peers.get(&member.peer) != Some(&peer) {
             actions.push(Action::UpsertPeer {
                 peer: member.peer,
                 virtual_ip: peer.virtual_ip,
-                endpoint: peer.endpoint,
+                endpoints: peer.endpoints.clone(),
             });
             self.peers.insert(member.peer, peer);
         }
@@ -306,7 +306,7 @@ mod tests {
                 Action::UpsertPeer {
                     peer: id(2),
                     virtual_ip: Ipv4Addr::new(10, 66, 0, 2),
-                    endpoint: Some("192.0.2.2:51820".parse().unwrap()),
+                    endpoints: vec!["192.0.2.2:51820".parse().unwrap()],
                 },
                 Action::ConnectEvents,
                 Action::SendHeartbeat(Heartbeat {
@@ -343,7 +343,7 @@ mod tests {
             vec![Action::UpsertPeer {
                 peer: id(2),
                 virtual_ip: Ipv4Addr::new(10, 66, 0, 2),
-                endpoint: Some("192.0.2.9:1".parse().unwrap())
+                endpoints: vec!["192.0.2.9:1".parse().unwrap()]
             }]
         );
         let left = Input::Event(EventJson::Left {
