@@ -409,11 +409,18 @@ fn cli(ns: &Netns, args: &[&str]) -> Value {
         .unwrap_or(Value::Null)
 }
 
-/// Two players behind port-restricted NATs (Linux MASQUERADE, the hardest cone to punch) form a party through a control
-/// server on the internet: each learns the other's reflexive address, both probe at once, the
-/// NATs open, and the tunnel runs directly between the two routers' public addresses.
-#[test]
-fn players_behind_two_cone_nats_connect_directly() {
+/// What a party of two in the lab came to: join to first ping reply, and each side's peer
+/// listing once both measured their path.
+struct TwoPlayers {
+    first_reply: Duration,
+    alice_peers: Value,
+    bob_peers: Value,
+    logs: String,
+}
+
+/// Alice (in `alice_home`) creates a party through a control server on the internet, Bob (in
+/// `bob_home`) joins, and Bob pings Alice's virtual IP until she answers.
+fn party_of_two(alice_home: &str, bob_home: &str) -> TwoPlayers {
     let lab = Lab::new();
     lab.internet
         .run(&["ip", "addr", "add", "198.18.100.10/32", "dev", "lo"]);
@@ -431,7 +438,7 @@ fn players_behind_two_cone_nats_connect_directly() {
         None,
     );
     let url = format!("http://{CONTROL_SERVER}");
-    let (alice_ns, bob_ns) = (lab.home("cone"), lab.home("cone2"));
+    let (alice_ns, bob_ns) = (lab.home(alice_home), lab.home(bob_home));
     let (_alice, alice_log) = lab.daemon("alice", alice_ns, &["--server", &url]);
     let (_bob, bob_log) = lab.daemon("bob", bob_ns, &["--server", &url]);
     let logs = || {
@@ -474,9 +481,7 @@ fn players_behind_two_cone_nats_connect_directly() {
     }
     let first_reply =
         first_reply.unwrap_or_else(|| panic!("bob never reached alice at {alice_ip}\n{}", logs()));
-    eprintln!("join -> first ping reply across two NATs: {first_reply:?}");
-    // Direct: each side's WireGuard endpoint is the other router's public address, and each
-    // has measured the path.
+    eprintln!("{alice_home} <-> {bob_home}: join -> first ping reply {first_reply:?}");
     for ns in [alice_ns, bob_ns] {
         wait_until(
             Duration::from_secs(5),
@@ -484,19 +489,38 @@ fn players_behind_two_cone_nats_connect_directly() {
             || cli(ns, &["peers"])[0]["rtt_ms"].is_f64(),
         );
     }
-    let peers = cli(bob_ns, &["peers"]);
-    assert_eq!(
-        peers[0]["endpoint"],
-        "198.18.1.2:51820",
-        "{peers:#}\n{}",
-        logs()
+    TwoPlayers {
+        first_reply,
+        alice_peers: cli(alice_ns, &["peers"]),
+        bob_peers: cli(bob_ns, &["peers"]),
+        logs: logs(),
+    }
+}
+
+/// Two players behind port-restricted NATs (Linux MASQUERADE, the hardest cone to punch):
+/// each learns the other's reflexive address, both probe at once, the NATs open, and the
+/// tunnel runs directly between the two routers' public addresses.
+#[test]
+fn players_behind_two_cone_nats_connect_directly() {
+    let run = party_of_two("cone", "cone2");
+    assert!(
+        run.first_reply < Duration::from_secs(2),
+        "{:?}",
+        run.first_reply
     );
-    assert!(peers[0]["rtt_ms"].as_f64().is_some(), "{peers:#}");
-    let peers = cli(alice_ns, &["peers"]);
-    assert_eq!(
-        peers[0]["endpoint"],
-        "198.18.4.2:51820",
-        "{peers:#}\n{}",
-        logs()
-    );
+    let (a, b) = (&run.alice_peers[0], &run.bob_peers[0]);
+    assert_eq!(b["endpoint"], "198.18.1.2:51820", "{b:#}\n{}", run.logs);
+    assert_eq!(a["endpoint"], "198.18.4.2:51820", "{a:#}\n{}", run.logs);
+}
+
+/// Behind a symmetric NAT, Bob's mapping toward Alice is not the one STUN saw; but Alice's NAT
+/// lets anything in (full cone), so his first probe reaches her, she learns the address it came
+/// from, answers there, and the path is direct.
+#[test]
+fn a_symmetric_nat_reaches_a_full_cone_directly() {
+    let run = party_of_two("forwarded", "symmetric");
+    let (a, b) = (&run.alice_peers[0], &run.bob_peers[0]);
+    assert_eq!(b["endpoint"], "198.18.3.2:51820", "{b:#}\n{}", run.logs);
+    let bob_seen = a["endpoint"].as_str().unwrap_or_default();
+    assert!(bob_seen.starts_with("198.18.2.2:"), "{a:#}\n{}", run.logs);
 }
