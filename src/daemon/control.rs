@@ -321,6 +321,8 @@ impl State {
                 }
                 PathEvent::Lost { peer } => {
                     tracing::warn!(%peer, "no path to the peer answers any more; still trying");
+                    // If our NAT rebound us to a new port, the party must hear of it.
+                    self.nat.recheck();
                 }
             }
         }

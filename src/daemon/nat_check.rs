@@ -45,6 +45,12 @@ impl NatCheck {
         }
     }
 
+    /// Measures again as soon as possible (a path died: our NAT may have given us a new
+    /// mapping that the party must learn).
+    pub fn recheck(&mut self) {
+        self.next_round = self.next_round.min(Instant::now());
+    }
+
     /// The last finished report and when it finished.
     pub fn last(&self) -> Option<&(NetReport, Instant)> {
         self.last.as_ref()
