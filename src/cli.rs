@@ -156,7 +156,7 @@ fn print_peers(peers: &[PeerInfo]) {
             .map_or_else(|| "never".into(), |s| format!("{s} s ago"));
         let rtt = p
             .rtt_ms
-            .map_or_else(|| "-".into(), |ms| format!("{ms:.1} ms"));
+            .map_or_else(|| p.path.clone(), |ms| format!("{ms:.1} ms"));
         println!(
             "{:<20} {:<15} {:<22} {:>9} {:>10} {:>12} {:>12}",
             p.name,

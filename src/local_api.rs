@@ -69,6 +69,12 @@ pub struct PeerInfo {
     /// Round trip of the path chosen by probing, in milliseconds; absent while none answers.
     #[serde(default)]
     pub rtt_ms: Option<f64>,
+    /// `direct` once probing found a path, `searching` until then.
+    #[serde(default)]
+    pub path: String,
+    /// Times the path went silent and had to be found again.
+    #[serde(default)]
+    pub path_losses: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

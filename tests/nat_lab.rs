@@ -511,6 +511,10 @@ fn players_behind_two_cone_nats_connect_directly() {
     let (a, b) = (&run.alice_peers[0], &run.bob_peers[0]);
     assert_eq!(b["endpoint"], "198.18.1.2:51820", "{b:#}\n{}", run.logs);
     assert_eq!(a["endpoint"], "198.18.4.2:51820", "{a:#}\n{}", run.logs);
+    for p in [a, b] {
+        assert_eq!(p["path"], "direct", "{p:#}");
+        assert_eq!(p["path_losses"], 0, "{p:#}");
+    }
 }
 
 /// Behind a symmetric NAT, Bob's mapping toward Alice is not the one STUN saw; but Alice's NAT

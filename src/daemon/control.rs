@@ -548,6 +548,7 @@ impl State {
                 let live = engine
                     .as_ref()
                     .and_then(|s| s.peers.iter().find(|p| p.public_key == m.peer.0));
+                let path = self.paths.path(&m.peer, Instant::now());
                 PeerInfo {
                     name: m.name.clone(),
                     public_key: m.peer.to_string(),
@@ -559,10 +560,14 @@ impl State {
                         .map(|d| d.as_secs()),
                     rx_bytes: live.map_or(0, |p| p.rx_bytes),
                     tx_bytes: live.map_or(0, |p| p.tx_bytes),
-                    rtt_ms: self
-                        .paths
-                        .path(&m.peer, Instant::now())
-                        .map(|(_, rtt)| rtt.as_secs_f64() * 1e3),
+                    rtt_ms: path.map(|(_, rtt)| rtt.as_secs_f64() * 1e3),
+                    path: if path.is_some() {
+                        "direct"
+                    } else {
+                        "searching"
+                    }
+                    .to_owned(),
+                    path_losses: self.paths.losses(&m.peer),
                 }
             })
             .collect()

@@ -85,6 +85,8 @@ struct PeerPaths {
     candidates: Vec<Candidate>,
     chosen: Option<SocketAddr>,
     next_round: Instant,
+    /// Times the chosen path went silent (each a reconnect, for monitoring).
+    losses: u32,
 }
 
 /// The per-peer path state; see the module documentation.
@@ -122,6 +124,7 @@ impl PathSelector {
             candidates: Vec::new(),
             chosen: None,
             next_round: now,
+            losses: 0,
         });
         let mut merged: Vec<Candidate> = Vec::with_capacity(MAX_CANDIDATES);
         for &addr in candidates {
@@ -155,6 +158,11 @@ impl PathSelector {
         let chosen = paths.chosen?;
         let c = paths.candidates.iter().find(|c| c.addr == chosen)?;
         Some((chosen, c.alive(now).or(c.rtt)?))
+    }
+
+    /// How many times the chosen path to `peer` went silent since probing began.
+    pub fn losses(&self, peer: &PeerId) -> u32 {
+        self.peers.get(peer).map_or(0, |p| p.losses)
     }
 
     /// Takes a probe frame that arrived from `from` on the WireGuard port.
@@ -258,6 +266,7 @@ impl PathSelector {
                 if !alive {
                     paths.chosen = None;
                     paths.next_round = now;
+                    paths.losses = paths.losses.saturating_add(1);
                     self.events.push_back(PathEvent::Lost { peer });
                     Self::choose(peer, paths, now, &mut self.events);
                 }
@@ -491,6 +500,7 @@ mod tests {
             events.contains(&PathEvent::Lost { peer: hosts[1].id }),
             "{events:?}"
         );
+        assert_eq!(hosts[0].selector.losses(&hosts[1].id), 1);
         assert!(
             matches!(events.last(), Some(PathEvent::Chosen { endpoint, .. }) if *endpoint == hosts[1].public),
             "{events:?}"
