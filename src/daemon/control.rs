@@ -358,6 +358,7 @@ impl State {
                     endpoints,
                 } => {
                     let now = Instant::now();
+                    self.paths.set_peer(now, peer, &endpoints);
                     let mut update = PeerUpdate::new(peer.0);
                     // The path probing chose, else the peer's first candidate until it does.
                     update.endpoint = self
@@ -365,7 +366,6 @@ impl State {
                         .path(&peer, now)
                         .map(|(endpoint, _)| endpoint)
                         .or_else(|| endpoints.first().copied());
-                    self.paths.set_peer(now, peer, &endpoints);
                     update.persistent_keepalive = Some(KEEPALIVE_SECS);
                     update.replace_allowed_ips = true;
                     update.allowed_ips = vec![Prefix {

@@ -59,15 +59,18 @@ struct Candidate {
     pings: Vec<([u8; 12], Instant)>,
     rtt: Option<Duration>,
     last_pong: Option<Instant>,
+    /// Learned from a ping's source rather than advertised by the peer.
+    learned: bool,
 }
 
 impl Candidate {
-    fn new(addr: SocketAddr) -> Candidate {
+    fn new(addr: SocketAddr, learned: bool) -> Candidate {
         Candidate {
             addr,
             pings: Vec::new(),
             rtt: None,
             last_pong: None,
+            learned,
         }
     }
 
@@ -114,7 +117,9 @@ impl PathSelector {
     }
 
     /// Starts or updates probing `peer` at `candidates` (its advertised addresses). What was
-    /// learned about addresses it still has is kept; probing starts at once.
+    /// learned about addresses it still has is kept, and learned addresses that answer stay;
+    /// an address it no longer advertises is dropped, even the chosen one (a restarted peer
+    /// on a new port must not be sought at the old one until that path times out).
     pub fn set_peer(&mut self, now: Instant, peer: PeerId, candidates: &[SocketAddr]) {
         if peer == self.me {
             return;
@@ -130,19 +135,26 @@ impl PathSelector {
         for &addr in candidates {
             if merged.len() < MAX_CANDIDATES && !merged.iter().any(|c| c.addr == addr) {
                 let known = paths.candidates.iter().find(|c| c.addr == addr).cloned();
-                merged.push(known.unwrap_or_else(|| Candidate::new(addr)));
+                merged.push(known.unwrap_or_else(|| Candidate::new(addr, false)));
             }
         }
         // Learned addresses that answer stay, after the advertised ones.
         for c in &paths.candidates {
             if merged.len() < MAX_CANDIDATES
                 && !merged.iter().any(|m| m.addr == c.addr)
+                && c.learned
                 && c.alive(now).is_some()
             {
                 merged.push(c.clone());
             }
         }
         paths.candidates = merged;
+        if let Some(chosen) = paths.chosen {
+            if !paths.candidates.iter().any(|c| c.addr == chosen) {
+                paths.chosen = None;
+                Self::choose(peer, paths, now, &mut self.events);
+            }
+        }
         if paths.chosen.is_none() {
             paths.next_round = now;
         }
@@ -191,7 +203,7 @@ impl PathSelector {
                 if !paths.candidates.iter().any(|c| c.addr == from)
                     && paths.candidates.len() < MAX_CANDIDATES
                 {
-                    paths.candidates.push(Candidate::new(from));
+                    paths.candidates.push(Candidate::new(from, true));
                     paths.next_round = now;
                 }
                 // Its ping got through, so ours may now too (its NAT just opened): ask at once
@@ -505,6 +517,33 @@ mod tests {
             matches!(events.last(), Some(PathEvent::Chosen { endpoint, .. }) if *endpoint == hosts[1].public),
             "{events:?}"
         );
+    }
+
+    #[test]
+    fn a_peer_that_moved_is_not_sought_where_it_was() {
+        let t0 = Instant::now();
+        let mut hosts = pair(false, false);
+        introduce(&mut hosts, t0);
+        let lan = |to: SocketAddr| {
+            Some(if to.ip().to_string().starts_with("192.") {
+                Duration::from_millis(1)
+            } else {
+                Duration::from_millis(15)
+            })
+        };
+        run(&mut hosts, t0, Duration::from_secs(1), &lan);
+        assert_eq!(
+            hosts[0].selector.path(&hosts[1].id, t0).map(|p| p.0),
+            Some(hosts[1].local)
+        );
+        // B restarts on another port and says so; A's chosen path is gone at once, though
+        // its last pong is recent, and the public address, still advertised, takes over.
+        let t1 = t0 + Duration::from_secs(1);
+        let moved = addr("192.168.2.2:40000");
+        let public = hosts[1].public;
+        let b = hosts[1].id;
+        hosts[0].selector.set_peer(t1, b, &[moved, public]);
+        assert_eq!(hosts[0].selector.path(&b, t1).map(|p| p.0), Some(public));
     }
 
     #[test]
