@@ -421,6 +421,15 @@ struct TwoPlayers {
 /// Alice (in `alice_home`) creates a party through a control server on the internet, Bob (in
 /// `bob_home`) joins, and Bob pings Alice's virtual IP until she answers.
 fn party_of_two(alice_home: &str, bob_home: &str) -> TwoPlayers {
+    party_of_two_then(alice_home, bob_home, |_, _| {})
+}
+
+/// As [`party_of_two`], then runs `then(lab, alice's virtual IP)` while everything still runs.
+fn party_of_two_then(
+    alice_home: &str,
+    bob_home: &str,
+    then: impl FnOnce(&Lab, &str),
+) -> TwoPlayers {
     let lab = Lab::new();
     lab.internet
         .run(&["ip", "addr", "add", "198.18.100.10/32", "dev", "lo"]);
@@ -489,6 +498,7 @@ fn party_of_two(alice_home: &str, bob_home: &str) -> TwoPlayers {
             || cli(ns, &["peers"])[0]["rtt_ms"].is_f64(),
         );
     }
+    then(&lab, &alice_ip);
     TwoPlayers {
         first_reply,
         alice_peers: cli(alice_ns, &["peers"]),
@@ -527,4 +537,43 @@ fn a_symmetric_nat_reaches_a_full_cone_directly() {
     assert_eq!(b["endpoint"], "198.18.3.2:51820", "{b:#}\n{}", run.logs);
     let bob_seen = a["endpoint"].as_str().unwrap_or_default();
     assert!(bob_seen.starts_with("198.18.2.2:"), "{a:#}\n{}", run.logs);
+}
+
+/// Alice's router gets a new public address mid-party (an ISP re-addressing it; Linux's
+/// MASQUERADE forgets the old mappings). Her probes now come from an address Bob's NAT never
+/// let in, and his go where nobody listens: both paths go silent, Alice's daemon re-checks its
+/// NAT at once, tells the party its new reflexive address, and the two punch through again.
+#[test]
+fn a_new_public_address_is_found_and_the_party_reconnects() {
+    let mut resumed = None;
+    let run = party_of_two_then("cone", "cone2", |lab, alice_ip| {
+        let router = &lab._routers[0];
+        let bob = lab.home("cone2");
+        router.run(&["ip", "addr", "del", "198.18.1.2/24", "dev", "wan"]);
+        router.run(&["ip", "addr", "add", "198.18.1.3/24", "dev", "wan"]);
+        // The default route left with the old address.
+        router.run(&["ip", "route", "add", "default", "via", "198.18.1.1"]);
+        let changed = std::time::Instant::now();
+        for _ in 0..60 {
+            let ok = common::try_run(
+                Some(&bob.name),
+                &["ping", "-c", "1", "-W", "1", "-q", alice_ip],
+            )
+            .is_ok_and(|o| o.status.success());
+            if ok {
+                resumed = Some(changed.elapsed());
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    let resumed = resumed.unwrap_or_else(|| panic!("never reconnected\n{}", run.logs));
+    eprintln!("address change -> ping resumes after {resumed:?}");
+    let b = &run.bob_peers[0];
+    assert_eq!(b["endpoint"], "198.18.1.3:51820", "{b:#}\n{}", run.logs);
+    assert!(
+        resumed < Duration::from_secs(10),
+        "{resumed:?}\n{}",
+        run.logs
+    );
 }

@@ -335,6 +335,7 @@ impl State {
 
     fn apply(&mut self, actions: Vec<Action>) {
         let mut lost = false;
+        let mut retry_heartbeat = false;
         for action in actions {
             match action {
                 Action::SetAddress {
@@ -385,8 +386,9 @@ impl State {
                         match client.heartbeat(&beat) {
                             Ok(()) => self.server_state = "connected".into(),
                             Err(e) => {
-                                tracing::warn!(error = %e, "heartbeat failed");
+                                tracing::warn!(error = %e, "heartbeat failed; trying again shortly");
                                 self.server_state = e.to_string();
+                                retry_heartbeat = true;
                             }
                         }
                     }
@@ -407,6 +409,9 @@ impl State {
         }
         if lost {
             self.feed(Input::EventsLost);
+        }
+        if retry_heartbeat {
+            self.feed(Input::HeartbeatFailed);
         }
     }
 

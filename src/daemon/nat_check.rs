@@ -6,6 +6,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, bounded};
+use lanrage_control::nat::classify;
 use lanrage_control::nat::probe::{NatProbe, NetReport};
 use lanrage_engine::EngineHandle;
 
@@ -21,6 +22,8 @@ pub struct NatCheck {
     resolving: Option<Receiver<Vec<SocketAddr>>>,
     probe: Option<NatProbe>,
     last: Option<(NetReport, Instant)>,
+    /// The next round re-checks mappings only, keeping the last filtering verdict.
+    quick: bool,
 }
 
 impl NatCheck {
@@ -33,6 +36,7 @@ impl NatCheck {
             resolving: None,
             probe: None,
             last: None,
+            quick: false,
         }
     }
 
@@ -45,10 +49,12 @@ impl NatCheck {
         }
     }
 
-    /// Measures again as soon as possible (a path died: our NAT may have given us a new
-    /// mapping that the party must learn).
+    /// Measures the mappings again as soon as possible (a path died: our NAT may have given
+    /// us a new mapping that the party must learn). Quick: the filtering tests, which wait
+    /// out seconds behind most NATs, are skipped and their last verdict kept.
     pub fn recheck(&mut self) {
         self.next_round = self.next_round.min(Instant::now());
+        self.quick = self.last.is_some();
     }
 
     /// The last finished report and when it finished.
@@ -86,12 +92,13 @@ impl NatCheck {
                 }
                 Ok(addresses) => {
                     self.resolving = None;
-                    self.probe = Some(NatProbe::new(
-                        now,
-                        &addresses,
-                        self.local.clone(),
-                        super::random_id,
-                    ));
+                    let probe =
+                        NatProbe::new(now, &addresses, self.local.clone(), super::random_id);
+                    self.probe = Some(if self.quick {
+                        probe.mapping_only()
+                    } else {
+                        probe
+                    });
                 }
                 Err(crossbeam_channel::TryRecvError::Empty) => {}
                 Err(crossbeam_channel::TryRecvError::Disconnected) => {
@@ -109,8 +116,14 @@ impl NatCheck {
         if !probe.is_done() {
             return None;
         }
-        let report = probe.report();
+        let mut report = probe.report();
         self.probe = None;
+        if std::mem::take(&mut self.quick) {
+            if let Some((last, _)) = &self.last {
+                report.facts.filtering = last.facts.filtering;
+                report.nat = classify(&report.facts);
+            }
+        }
         self.next_round = now + RECHECK;
         tracing::info!(nat = %report.nat, mappings = ?report.facts.mappings, "NAT checked");
         self.last = Some((report.clone(), now));

@@ -98,8 +98,15 @@ impl ServerClient {
     }
 
     pub fn heartbeat(&mut self, beat: &Heartbeat) -> Result<(), CallError> {
-        self.call::<_, serde_json::Value>("POST", "/v1/heartbeat", Some(beat))
-            .map(drop)
+        match self.call::<_, serde_json::Value>("POST", "/v1/heartbeat", Some(beat)) {
+            // No answer at all: the pooled connection may have died with our old address (a
+            // NAT that rebound us resets it). A heartbeat may safely go twice: once more, on a
+            // fresh connection.
+            Err(CallError { status: None, .. }) => self
+                .call::<_, serde_json::Value>("POST", "/v1/heartbeat", Some(beat))
+                .map(drop),
+            other => other.map(drop),
+        }
     }
 
     /// Opens the event stream and reads it on a new thread, forwarding each event to `events`

@@ -98,7 +98,10 @@ pub struct NatProbe {
     tests: Vec<Test>,
     /// Transaction ids not yet used (drawn by the owner, at random).
     ids: Vec<[u8; 12]>,
+    /// Whether the first RFC 5780 server has been taken up (for filtering and alternate tests).
     filtering_started: bool,
+    /// Whether to run the filtering tests at all (see [`NatProbe::mapping_only`]).
+    measure_filtering: bool,
     /// The alternate address to ask once the filtering tests are over: (server, address).
     alternate_due: Option<(usize, SocketAddr)>,
 }
@@ -128,6 +131,7 @@ impl NatProbe {
             tests: Vec::new(),
             ids,
             filtering_started: false,
+            measure_filtering: true,
             alternate_due: None,
         };
         for i in 0..probe.servers.len() {
@@ -149,6 +153,14 @@ impl NatProbe {
             started: now,
             state: State::Waiting { sends: 0 },
         });
+    }
+
+    /// Skips the filtering tests: a quick re-check of the mappings (the filtering tests wait
+    /// out [`GIVE_UP`] behind most NATs, and filtering rarely changes while mappings do).
+    /// The report's filtering is then unknown.
+    pub fn mapping_only(mut self) -> NatProbe {
+        self.measure_filtering = false;
+        self
     }
 
     /// Starts the alternate-address test once no filtering test is waiting.
@@ -236,9 +248,11 @@ impl NatProbe {
                 self.alternates[server] = Some(alternate);
                 if !self.filtering_started {
                     self.filtering_started = true;
-                    let to = self.servers[server];
-                    self.start(now, server, to, Purpose::Filtering(Change::AddressAndPort));
-                    self.start(now, server, to, Purpose::Filtering(Change::Port));
+                    if self.measure_filtering {
+                        let to = self.servers[server];
+                        self.start(now, server, to, Purpose::Filtering(Change::AddressAndPort));
+                        self.start(now, server, to, Purpose::Filtering(Change::Port));
+                    }
                     self.alternate_due = Some((server, alternate));
                 }
             }
@@ -547,6 +561,35 @@ mod tests {
         let (report, _) = lab.run(&[addr(S1), addr(S2)], "10.0.0.2:51820");
         assert_eq!(report.nat, NatType::FullCone);
         assert_eq!(report.servers[1].mapped, None);
+    }
+
+    #[test]
+    fn a_mapping_only_probe_is_quick_and_still_sees_a_varying_mapping() {
+        let servers = [addr(S1), addr(S2)];
+        let lab = rfc5780_lab(per_destination, endpoints_sent_to);
+        let t0 = Instant::now();
+        let mut n = 0u8;
+        let mut probe = NatProbe::new(t0, &servers, vec![], || {
+            n += 1;
+            [n; 12]
+        })
+        .mapping_only();
+        let mut now = t0;
+        while !probe.is_done() {
+            while let Some((to, request)) = probe.poll_transmit(now) {
+                if let Some((_, answer)) = lab.answer(to, &request) {
+                    now += Duration::from_millis(10);
+                    probe.handle_datagram(now, &answer);
+                }
+            }
+            if let Some(next) = probe.poll_timeout() {
+                now = now.max(next);
+            }
+        }
+        let report = probe.report();
+        assert_eq!(report.nat, NatType::Symmetric);
+        assert_eq!(report.facts.filtering, None);
+        assert!(now - t0 < Duration::from_millis(100), "took {:?}", now - t0);
     }
 
     #[test]

@@ -58,7 +58,13 @@ pub enum Input {
         endpoints: Vec<SocketAddr>,
         nat: NatType,
     },
+    /// The last heartbeat did not reach the server: what it carried must go again.
+    HeartbeatFailed,
 }
+
+/// How soon a failed heartbeat is tried again: the endpoints it carried may be the only way
+/// the party learns where we went.
+pub const HEARTBEAT_RETRY: Duration = Duration::from_secs(1);
 
 /// A member as the tunnel knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,6 +147,16 @@ impl Membership {
                 }
                 if self.peers.remove(&peer).is_some() {
                     actions.push(Action::RemovePeer(peer));
+                }
+            }
+            Input::HeartbeatFailed => {
+                // Whatever it carried is resent with the next one; endpoints are only sent
+                // when they changed, so mark them changed again.
+                self.reachability_dirty = true;
+                if self.party.is_some() {
+                    let retry = now + HEARTBEAT_RETRY;
+                    self.next_heartbeat =
+                        Some(self.next_heartbeat.map_or(retry, |at| at.min(retry)));
                 }
             }
             Input::EventsLost => {
@@ -316,6 +332,34 @@ mod tests {
             ]
         );
         assert_eq!(m.next_timeout(), Some(t + HEARTBEAT_INTERVAL));
+    }
+
+    #[test]
+    fn a_failed_heartbeat_is_retried_soon_with_its_endpoints() {
+        let t = Instant::now();
+        let mut m = Membership::new(id(1));
+        m.handle(t, Input::Joined(party(vec![member(1, None)])));
+        let endpoints = vec!["198.51.100.1:51820".parse().unwrap()];
+        let sent = m.handle(
+            t,
+            Input::Reachability {
+                endpoints: endpoints.clone(),
+                nat: NatType::PortRestricted,
+            },
+        );
+        assert!(
+            sent.iter()
+                .any(|a| matches!(a, Action::SendHeartbeat(b) if b.endpoints.is_some()))
+        );
+        assert!(m.handle(t, Input::HeartbeatFailed).is_empty());
+        assert_eq!(m.next_timeout(), Some(t + HEARTBEAT_RETRY));
+        let again = m.poll(t + HEARTBEAT_RETRY);
+        assert!(
+            again.iter().any(
+                |a| matches!(a, Action::SendHeartbeat(b) if b.endpoints == Some(endpoints.clone()))
+            ),
+            "{again:?}"
+        );
     }
 
     #[test]
