@@ -336,6 +336,7 @@ impl State {
     fn apply(&mut self, actions: Vec<Action>) {
         let mut lost = false;
         let mut retry_heartbeat = false;
+        let mut delivered = false;
         for action in actions {
             match action {
                 Action::SetAddress {
@@ -384,7 +385,10 @@ impl State {
                 Action::SendHeartbeat(beat) => {
                     if let Some(client) = &mut self.cfg.client {
                         match client.heartbeat(&beat) {
-                            Ok(()) => self.server_state = "connected".into(),
+                            Ok(()) => {
+                                self.server_state = "connected".into();
+                                delivered = true;
+                            }
                             Err(e) => {
                                 tracing::warn!(error = %e, "heartbeat failed; trying again shortly");
                                 self.server_state = e.to_string();
@@ -412,6 +416,8 @@ impl State {
         }
         if retry_heartbeat {
             self.feed(Input::HeartbeatFailed);
+        } else if delivered {
+            self.feed(Input::HeartbeatDelivered);
         }
     }
 

@@ -60,6 +60,8 @@ pub enum Input {
     },
     /// The last heartbeat did not reach the server: what it carried must go again.
     HeartbeatFailed,
+    /// The last heartbeat reached the server.
+    HeartbeatDelivered,
 }
 
 /// How soon a failed heartbeat is tried again: the endpoints it carried may be the only way
@@ -84,6 +86,9 @@ pub struct Membership {
     next_heartbeat: Option<Instant>,
     /// Reachability changed since the last heartbeat was sent.
     reachability_dirty: bool,
+    /// Heartbeats failed in a row: the retry backs off from [`HEARTBEAT_RETRY`] to
+    /// [`HEARTBEAT_INTERVAL`] while the server stays away.
+    heartbeat_failures: u32,
     reconnect_at: Option<Instant>,
     backoff: Duration,
 }
@@ -99,6 +104,7 @@ impl Membership {
             nat: NatType::Unknown,
             next_heartbeat: None,
             reachability_dirty: false,
+            heartbeat_failures: 0,
             reconnect_at: None,
             backoff: RECONNECT_MIN,
         }
@@ -154,11 +160,16 @@ impl Membership {
                 // when they changed, so mark them changed again.
                 self.reachability_dirty = true;
                 if self.party.is_some() {
-                    let retry = now + HEARTBEAT_RETRY;
+                    let delay = HEARTBEAT_RETRY
+                        .saturating_mul(1 << self.heartbeat_failures.min(5))
+                        .min(HEARTBEAT_INTERVAL);
+                    self.heartbeat_failures = self.heartbeat_failures.saturating_add(1);
+                    let retry = now + delay;
                     self.next_heartbeat =
                         Some(self.next_heartbeat.map_or(retry, |at| at.min(retry)));
                 }
             }
+            Input::HeartbeatDelivered => self.heartbeat_failures = 0,
             Input::EventsLost => {
                 if self.party.is_some() && self.reconnect_at.is_none() {
                     self.reconnect_at = Some(now + self.backoff);
@@ -360,6 +371,14 @@ mod tests {
             ),
             "{again:?}"
         );
+        // While the server stays away, the retries back off; a delivery resets them.
+        let t2 = t + HEARTBEAT_RETRY;
+        m.handle(t2, Input::HeartbeatFailed);
+        assert_eq!(m.next_timeout(), Some(t2 + HEARTBEAT_RETRY * 2));
+        m.handle(t2, Input::HeartbeatDelivered);
+        m.poll(t2 + HEARTBEAT_RETRY * 2);
+        m.handle(t2, Input::HeartbeatFailed);
+        assert_eq!(m.next_timeout(), Some(t2 + HEARTBEAT_RETRY));
     }
 
     #[test]
