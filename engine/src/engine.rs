@@ -488,25 +488,26 @@ impl Control {
 
     /// Sends `key` a keepalive, or the handshake initiation that must come first.
     fn send_keepalive(&self, key: Key) {
-        let (Some(entry), Some(socket)) = (self.peers.get(&key), self.sockets.first()) else {
-            return;
-        };
-        let mut buf = [0u8; 256];
-        let mut state = entry.peer.state.lock();
-        let Some(to) = state.endpoint else {
-            return;
-        };
-        let Some(tunn) = state.tunn.as_mut() else {
-            return;
-        };
-        if let TunnResult::WriteToNetwork(datagram) = tunn.encapsulate(&[], &mut buf) {
-            entry.peer.add_tx(datagram.len());
-            send_one(socket, datagram, to, self.dual_stack);
-        }
+        self.send_from_session(key, |tunn, buf| tunn.encapsulate(&[], buf));
     }
 
     /// Sends `key` a fresh handshake initiation unless a session is up.
     fn initiate_if_no_session(&self, key: Key) {
+        self.send_from_session(key, |tunn, buf| {
+            if tunn.time_since_last_handshake().is_some() {
+                TunnResult::Done
+            } else {
+                tunn.format_handshake_initiation(buf, true)
+            }
+        });
+    }
+
+    /// Sends `key`, at its endpoint, the datagram `write` makes with its session, if any.
+    fn send_from_session(
+        &self,
+        key: Key,
+        write: impl for<'a> FnOnce(&mut Tunn, &'a mut [u8]) -> TunnResult<'a>,
+    ) {
         let (Some(entry), Some(socket)) = (self.peers.get(&key), self.sockets.first()) else {
             return;
         };
@@ -518,12 +519,7 @@ impl Control {
         let Some(tunn) = state.tunn.as_mut() else {
             return;
         };
-        if tunn.time_since_last_handshake().is_some() {
-            return;
-        }
-        if let TunnResult::WriteToNetwork(datagram) =
-            tunn.format_handshake_initiation(&mut buf, true)
-        {
+        if let TunnResult::WriteToNetwork(datagram) = write(tunn, &mut buf) {
             entry.peer.add_tx(datagram.len());
             send_one(socket, datagram, to, self.dual_stack);
         }
