@@ -114,7 +114,8 @@ fn probe(socket: &UdpSocket, servers: &[SocketAddr], local: Vec<SocketAddr>) -> 
     }
 }
 
-fn resolve_v4(name: &str) -> Result<SocketAddr> {
+/// `HOST:PORT` to its first IPv4 address (the engine's socket and ours are IPv4).
+pub fn resolve_v4(name: &str) -> Result<SocketAddr> {
     name.to_socket_addrs()
         .with_context(|| format!("cannot resolve {name:?} (HOST:PORT)"))?
         .find(SocketAddr::is_ipv4)

@@ -2,7 +2,7 @@
 //! requests and hands back what is not WireGuard), so the reflexive address found is the one
 //! peers will reach. Run at start, every [`RECHECK`], and when local addresses change.
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, bounded};
@@ -147,12 +147,12 @@ fn resolve_in_background(servers: Vec<String>) -> Receiver<Vec<SocketAddr>> {
         .spawn(move || {
             let addresses: Vec<SocketAddr> = servers
                 .iter()
-                .filter_map(|name| match name.to_socket_addrs() {
-                    Ok(mut addrs) => addrs.find(SocketAddr::is_ipv4),
-                    Err(e) => {
-                        tracing::debug!(server = %name, error = %e, "STUN server not resolved");
-                        None
-                    }
+                .filter_map(|name| {
+                    crate::netcheck::resolve_v4(name)
+                        .inspect_err(|e| {
+                            tracing::debug!(error = %format_args!("{e:#}"), "STUN server not resolved")
+                        })
+                        .ok()
                 })
                 .collect();
             let _ = tx.send(addresses);
