@@ -397,6 +397,26 @@ fn the_daemon_checks_its_nat_from_the_wireguard_port() {
 
 const CONTROL_SERVER: &str = "198.18.100.10:8667";
 
+/// Pings `ip` from `ns` (each attempt waits up to 1 s), `pause` apart, up to `tries` times;
+/// the time from `since` to the first reply, if one came.
+fn ping_until_reply(
+    ns: &Netns,
+    ip: &str,
+    since: std::time::Instant,
+    tries: usize,
+    pause: Duration,
+) -> Option<Duration> {
+    for _ in 0..tries {
+        let ok = common::try_run(Some(&ns.name), &["ping", "-c", "1", "-W", "1", "-q", ip])
+            .is_ok_and(|o| o.status.success());
+        if ok {
+            return Some(since.elapsed());
+        }
+        std::thread::sleep(pause);
+    }
+    None
+}
+
 /// The CLI's JSON answer in `ns`, or `Null` if it failed.
 fn cli(ns: &Netns, args: &[&str]) -> Value {
     let mut argv = vec![env!("CARGO_BIN_EXE_lanrage")];
@@ -475,19 +495,13 @@ fn party_of_two_then(
         .as_str()
         .unwrap_or_default()
         .to_owned();
-    let mut first_reply = None;
-    for _ in 0..100 {
-        let ok = common::try_run(
-            Some(&bob_ns.name),
-            &["ping", "-c", "1", "-W", "1", "-q", &alice_ip],
-        )
-        .is_ok_and(|o| o.status.success());
-        if ok {
-            first_reply = Some(joined_at.elapsed());
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let first_reply = ping_until_reply(
+        bob_ns,
+        &alice_ip,
+        joined_at,
+        100,
+        Duration::from_millis(100),
+    );
     let first_reply =
         first_reply.unwrap_or_else(|| panic!("bob never reached alice at {alice_ip}\n{}", logs()));
     eprintln!("{alice_home} <-> {bob_home}: join -> first ping reply {first_reply:?}");
@@ -554,18 +568,7 @@ fn a_new_public_address_is_found_and_the_party_reconnects() {
         // The default route left with the old address.
         router.run(&["ip", "route", "add", "default", "via", "198.18.1.1"]);
         let changed = std::time::Instant::now();
-        for _ in 0..60 {
-            let ok = common::try_run(
-                Some(&bob.name),
-                &["ping", "-c", "1", "-W", "1", "-q", alice_ip],
-            )
-            .is_ok_and(|o| o.status.success());
-            if ok {
-                resumed = Some(changed.elapsed());
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        resumed = ping_until_reply(bob, alice_ip, changed, 60, Duration::from_millis(50));
     });
     let resumed = resumed.unwrap_or_else(|| panic!("never reconnected\n{}", run.logs));
     eprintln!("address change -> ping resumes after {resumed:?}");

@@ -445,6 +445,15 @@ mod tests {
             .then_some(Duration::from_millis(10))
     }
 
+    fn lan_and_internet(to: SocketAddr) -> Option<Duration> {
+        // LAN addresses are routed too, and are faster.
+        Some(if to.ip().to_string().starts_with("192.") {
+            Duration::from_millis(1)
+        } else {
+            Duration::from_millis(15)
+        })
+    }
+
     #[test]
     fn two_port_restricted_nats_punch_through_at_once() {
         let t0 = Instant::now();
@@ -496,14 +505,7 @@ mod tests {
         // Neither is behind NAT; each reaches the other's LAN address too, faster.
         let mut hosts = pair(false, false);
         introduce(&mut hosts, t0);
-        let both = |to: SocketAddr| {
-            Some(if to.ip().to_string().starts_with("192.") {
-                Duration::from_millis(1)
-            } else {
-                Duration::from_millis(15)
-            })
-        };
-        run(&mut hosts, t0, Duration::from_secs(1), &both);
+        run(&mut hosts, t0, Duration::from_secs(1), &lan_and_internet);
         assert_eq!(
             hosts[0].selector.path(&hosts[1].id, t0).map(|p| p.0),
             Some(hosts[1].local)
@@ -528,14 +530,7 @@ mod tests {
         let t0 = Instant::now();
         let mut hosts = pair(false, false);
         introduce(&mut hosts, t0);
-        let lan = |to: SocketAddr| {
-            Some(if to.ip().to_string().starts_with("192.") {
-                Duration::from_millis(1)
-            } else {
-                Duration::from_millis(15)
-            })
-        };
-        run(&mut hosts, t0, Duration::from_secs(1), &lan);
+        run(&mut hosts, t0, Duration::from_secs(1), &lan_and_internet);
         assert_eq!(
             hosts[0].selector.path(&hosts[1].id, t0).map(|p| p.0),
             Some(hosts[1].local)
