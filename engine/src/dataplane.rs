@@ -90,6 +90,8 @@ pub fn decapsulate<'a>(
     let kind = classify(datagram);
     match kind {
         Datagram::Control => Inbound::Control,
+        // Relayed datagrams are unwrapped below (work in progress).
+        Datagram::Relayed { .. } => Inbound::Dropped(DropReason::MalformedDatagram),
         Datagram::Malformed => Inbound::Dropped(DropReason::MalformedDatagram),
         Datagram::HandshakeInit => match handshake_initiator(table, from, datagram) {
             Ok(peer) => decapsulate_for(table, &peer, kind, from, datagram, out),

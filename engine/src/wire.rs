@@ -17,6 +17,39 @@ pub const HANDSHAKE_RESPONSE_LEN: usize = 92;
 pub const COOKIE_REPLY_LEN: usize = 64;
 pub const TRANSPORT_OVERHEAD: usize = 32;
 
+/// A datagram through a relay: this magic, a 4-byte channel number (big-endian), then the
+/// payload (a WireGuard message or a path probe) untouched. The relay knows a session by the
+/// channel, checks the sender is the address bound to it, and rewrites the channel in place
+/// to the one the other end knows the session by. Eight bytes keep a full-MTU WireGuard
+/// datagram within 1500 over IPv4.
+///
+/// ```text
+/// "LRrd" (4) | channel (4, big-endian) | payload
+/// ```
+pub const RELAY_DATA_MAGIC: [u8; 4] = *b"LRrd";
+pub const RELAY_HEADER_LEN: usize = 8;
+
+/// Reads a relay data header: the channel and the payload. `None` for anything else.
+pub fn relay_data(datagram: &[u8]) -> Option<(u32, &[u8])> {
+    if !datagram.starts_with(&RELAY_DATA_MAGIC) {
+        return None;
+    }
+    let channel = datagram.get(4..RELAY_HEADER_LEN)?;
+    let channel = u32::from_be_bytes(channel.try_into().ok()?);
+    Some((channel, &datagram[RELAY_HEADER_LEN..]))
+}
+
+/// Writes a relay data header for `channel` into the first [`RELAY_HEADER_LEN`] bytes of
+/// `out`. Returns `false` (and writes nothing) when `out` is shorter.
+pub fn write_relay_header(out: &mut [u8], channel: u32) -> bool {
+    let Some(header) = out.get_mut(..RELAY_HEADER_LEN) else {
+        return false;
+    };
+    header[..4].copy_from_slice(&RELAY_DATA_MAGIC);
+    header[4..].copy_from_slice(&channel.to_be_bytes());
+    true
+}
+
 /// What one UDP datagram on the WireGuard port is, decided from its first bytes alone.
 ///
 /// The port is shared: WireGuard traffic goes to the crypto path, everything else (STUN, the
@@ -34,6 +67,10 @@ pub enum Datagram {
     TransportData {
         receiver: u32,
     },
+    /// Through a relay: the payload after the header is WireGuard or a probe.
+    Relayed {
+        channel: u32,
+    },
     /// Not WireGuard: handed to the control thread.
     Control,
     /// Looks like WireGuard (type byte and reserved zeros) but has an impossible length.
@@ -42,6 +79,12 @@ pub enum Datagram {
 
 /// Classifies a datagram received on the WireGuard port.
 pub fn classify(datagram: &[u8]) -> Datagram {
+    if datagram.starts_with(&RELAY_DATA_MAGIC) {
+        return match relay_data(datagram) {
+            Some((channel, _)) => Datagram::Relayed { channel },
+            None => Datagram::Malformed,
+        };
+    }
     let Some(header) = datagram.get(..4) else {
         return if datagram.is_empty() {
             Datagram::Malformed
@@ -186,6 +229,23 @@ mod tests {
         assert_eq!(classify(&[4, 0, 0, 1, 0, 0]), Datagram::Control);
         assert_eq!(classify(&[7]), Datagram::Control);
         assert_eq!(classify(b"hello"), Datagram::Control);
+    }
+
+    #[test]
+    fn relay_headers() {
+        let mut frame = vec![0u8; 40];
+        assert!(write_relay_header(&mut frame, 0xdead_beef));
+        assert_eq!(
+            classify(&frame),
+            Datagram::Relayed {
+                channel: 0xdead_beef
+            }
+        );
+        assert_eq!(relay_data(&frame), Some((0xdead_beef, &frame[8..])));
+        assert_eq!(relay_data(&frame[..8]), Some((0xdead_beef, &[][..])));
+        assert_eq!(classify(&frame[..7]), Datagram::Malformed);
+        assert_eq!(relay_data(&frame[..7]), None);
+        assert!(!write_relay_header(&mut [0u8; 7], 1));
     }
 
     #[test]
