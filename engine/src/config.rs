@@ -62,6 +62,53 @@ pub fn default_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
+/// Where a peer's datagrams go: straight to its address, or to a relay with the channel of
+/// our session there (every datagram then carries the relay header, `wire::RELAY_DATA_MAGIC`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    pub relay_channel: Option<u32>,
+}
+
+impl Endpoint {
+    pub const fn direct(addr: SocketAddr) -> Endpoint {
+        Endpoint {
+            addr,
+            relay_channel: None,
+        }
+    }
+
+    pub const fn relayed(relay: SocketAddr, channel: u32) -> Endpoint {
+        Endpoint {
+            addr: relay,
+            relay_channel: Some(channel),
+        }
+    }
+
+    /// Bytes in front of each WireGuard message sent here.
+    pub const fn header_len(&self) -> usize {
+        match self.relay_channel {
+            Some(_) => crate::wire::RELAY_HEADER_LEN,
+            None => 0,
+        }
+    }
+}
+
+impl From<SocketAddr> for Endpoint {
+    fn from(addr: SocketAddr) -> Self {
+        Endpoint::direct(addr)
+    }
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.relay_channel {
+            Some(channel) => write!(f, "relay {} channel {channel:08x}", self.addr),
+            None => self.addr.fmt(f),
+        }
+    }
+}
+
 /// A batch of configuration changes applied as one step, like one UAPI `set` transaction.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DeviceUpdate {
@@ -82,7 +129,7 @@ pub struct PeerUpdate {
     pub update_only: bool,
     /// `Some(None)` clears the pre-shared key.
     pub preshared_key: Option<Option<Key>>,
-    pub endpoint: Option<SocketAddr>,
+    pub endpoint: Option<Endpoint>,
     /// Seconds; `Some(0)` turns persistent keepalive off.
     pub persistent_keepalive: Option<u16>,
     pub replace_allowed_ips: bool,
@@ -144,7 +191,7 @@ pub struct DeviceStatus {
 pub struct PeerStatus {
     pub public_key: Key,
     pub preshared_key: Option<Key>,
-    pub endpoint: Option<SocketAddr>,
+    pub endpoint: Option<Endpoint>,
     pub last_handshake: Option<SystemTime>,
     /// Bytes of WireGuard datagrams received from and sent to this peer.
     pub rx_bytes: u64,
@@ -159,5 +206,7 @@ pub enum Event {
     /// A WireGuard handshake with this peer completed (new session keys).
     HandshakeCompleted { public_key: Key },
     /// A datagram on the WireGuard port that is not WireGuard (STUN, the project's frames).
-    Datagram { from: SocketAddr, data: Vec<u8> },
+    /// One that came through a relay arrives without its relay header, `from` the relay
+    /// channel.
+    Datagram { from: Endpoint, data: Vec<u8> },
 }

@@ -9,14 +9,18 @@ use std::sync::Arc;
 use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::{Packet, Tunn, TunnResult};
 
+use crate::config::Endpoint;
 use crate::peer::Peer;
 use crate::stats::DropReason;
 use crate::table::PeerTable;
-use crate::wire::{COOKIE_REPLY_LEN, Datagram, IpHeader, classify};
+use crate::wire::{
+    COOKIE_REPLY_LEN, Datagram, IpHeader, RELAY_HEADER_LEN, classify, relay_data,
+    write_relay_header,
+};
 
-/// Room a caller's output buffer needs beyond the packet: WireGuard's transport overhead, and
-/// at least a handshake initiation.
-pub const MIN_OUTPUT_LEN: usize = 148;
+/// Room a caller's output buffer needs beyond the packet: WireGuard's transport overhead, at
+/// least a handshake initiation, and a relay header in front.
+pub const MIN_OUTPUT_LEN: usize = 148 + RELAY_HEADER_LEN;
 
 /// Result of one TUN packet.
 #[derive(Debug)]
@@ -46,9 +50,40 @@ pub enum Inbound<'a> {
     },
     /// Consumed with nothing to forward (keepalive, cookie stored).
     Consumed,
-    /// Not WireGuard: for the control thread.
+    /// Not WireGuard: for the control thread (see [`control_payload`]).
     Control,
     Dropped(DropReason),
+}
+
+/// Where a datagram for the control thread came from, and its payload: a relayed one without
+/// its relay header.
+pub fn control_payload(from: SocketAddr, datagram: &[u8]) -> (Endpoint, &[u8]) {
+    match relay_data(datagram) {
+        Some((channel, payload)) => (Endpoint::relayed(from, channel), payload),
+        None => (Endpoint::direct(from), datagram),
+    }
+}
+
+/// Finishes a datagram whose WireGuard message (`len` bytes) was written after room for
+/// `to`'s header: writes the relay header, if any, and returns the whole datagram.
+pub(crate) fn framed(out: &mut [u8], to: Endpoint, len: usize) -> &[u8] {
+    if let Some(channel) = to.relay_channel {
+        write_relay_header(out, channel);
+    }
+    &out[..to.header_len() + len]
+}
+
+/// Puts a relay header in front of the `len` bytes at the start of `out` when `to` is
+/// relayed (moving them: only handshake replies take this path, never data).
+fn framed_in_place(out: &mut [u8], to: Endpoint, len: usize) -> Option<&[u8]> {
+    let head = to.header_len();
+    if head > 0 {
+        if out.len() < head + len {
+            return None;
+        }
+        out.copy_within(..len, head);
+    }
+    Some(framed(out, to, len))
 }
 
 /// Encrypts one IP packet read from the TUN device for the peer its destination routes to.
@@ -70,10 +105,19 @@ pub fn encapsulate<'a>(table: &PeerTable, packet: &[u8], out: &'a mut [u8]) -> O
     let Some(tunn) = state.tunn.as_mut() else {
         return Outbound::Dropped(DropReason::NoPrivateKey);
     };
-    match tunn.encapsulate(packet, out) {
-        TunnResult::WriteToNetwork(datagram) => {
+    let Some(body) = out.get_mut(to.header_len()..) else {
+        return Outbound::Dropped(DropReason::InvalidTunPacket);
+    };
+    match tunn.encapsulate(packet, body) {
+        TunnResult::WriteToNetwork(message) => {
+            let len = message.len();
+            drop(state);
+            let datagram = framed(out, to, len);
             peer.add_tx(datagram.len());
-            Outbound::Send { datagram, to }
+            Outbound::Send {
+                datagram,
+                to: to.addr,
+            }
         }
         TunnResult::Done => Outbound::Queued,
         _ => Outbound::Dropped(DropReason::CryptoFailed),
@@ -87,22 +131,40 @@ pub fn decapsulate<'a>(
     datagram: &[u8],
     out: &'a mut [u8],
 ) -> Inbound<'a> {
+    match relay_data(datagram) {
+        // Through a relay: the message inside is WireGuard's (or a probe's), and replies go
+        // back the same way.
+        Some((channel, inner)) => match classify(inner) {
+            Datagram::Relayed { .. } => Inbound::Dropped(DropReason::MalformedDatagram),
+            _ => decapsulate_via(table, Endpoint::relayed(from, channel), inner, out),
+        },
+        None => decapsulate_via(table, Endpoint::direct(from), datagram, out),
+    }
+}
+
+fn decapsulate_via<'a>(
+    table: &PeerTable,
+    from: Endpoint,
+    datagram: &[u8],
+    out: &'a mut [u8],
+) -> Inbound<'a> {
     let kind = classify(datagram);
     match kind {
         Datagram::Control => Inbound::Control,
-        // Relayed datagrams are unwrapped below (work in progress).
-        Datagram::Relayed { .. } => Inbound::Dropped(DropReason::MalformedDatagram),
-        Datagram::Malformed => Inbound::Dropped(DropReason::MalformedDatagram),
-        Datagram::HandshakeInit => match handshake_initiator(table, from, datagram) {
+        Datagram::Malformed | Datagram::Relayed { .. } => {
+            Inbound::Dropped(DropReason::MalformedDatagram)
+        }
+        Datagram::HandshakeInit => match handshake_initiator(table, from.addr, datagram) {
             Ok(peer) => decapsulate_for(table, &peer, kind, from, datagram, out),
             Err(Refusal::Cookie(cookie)) => {
-                let Some(reply) = out.get_mut(..COOKIE_REPLY_LEN) else {
+                let head = from.header_len();
+                let Some(reply) = out.get_mut(head..head + COOKIE_REPLY_LEN) else {
                     return Inbound::Dropped(DropReason::CryptoFailed);
                 };
                 reply.copy_from_slice(&cookie);
                 Inbound::Reply {
-                    datagram: reply,
-                    to: from,
+                    datagram: framed(out, from, COOKIE_REPLY_LEN),
+                    to: from.addr,
                     peer: None,
                 }
             }
@@ -161,57 +223,72 @@ fn decapsulate_for<'a>(
     table: &PeerTable,
     peer: &Arc<Peer>,
     kind: Datagram,
-    from: SocketAddr,
+    from: Endpoint,
     datagram: &[u8],
     out: &'a mut [u8],
 ) -> Inbound<'a> {
+    /// What the session made, as lengths: boringtun writes every output at the start of
+    /// `out`, and a relayed reply needs `out` again to put its header in front.
+    enum Made {
+        Packet(usize, IpAddr),
+        Reply(usize),
+        Nothing,
+        Refused,
+    }
     let mut state = peer.state.lock();
     let Some(tunn) = state.tunn.as_mut() else {
         return Inbound::Dropped(DropReason::NoPrivateKey);
     };
-    match tunn.decapsulate(Some(from.ip()), datagram, out) {
-        TunnResult::WriteToTunnelV4(packet, src) => {
-            roam(&mut state.endpoint, from);
-            drop(state);
-            peer.add_rx(datagram.len());
-            accept_source(table, peer, IpAddr::V4(src), packet)
-        }
-        TunnResult::WriteToTunnelV6(packet, src) => {
-            roam(&mut state.endpoint, from);
-            drop(state);
-            peer.add_rx(datagram.len());
-            accept_source(table, peer, IpAddr::V6(src), packet)
-        }
+    let made = match tunn.decapsulate(Some(from.addr.ip()), datagram, &mut *out) {
+        TunnResult::WriteToTunnelV4(packet, src) => Made::Packet(packet.len(), IpAddr::V4(src)),
+        TunnResult::WriteToTunnelV6(packet, src) => Made::Packet(packet.len(), IpAddr::V6(src)),
         TunnResult::WriteToNetwork(reply) => {
             // A handshake message authenticated the sender: that is where it now lives. A
             // cookie (the session is under load) authenticates nothing.
             if reply.first() != Some(&crate::wire::COOKIE_REPLY) {
                 roam(&mut state.endpoint, from);
             }
-            drop(state);
+            Made::Reply(reply.len())
+        }
+        TunnResult::Done => Made::Nothing,
+        TunnResult::Err(_) => Made::Refused,
+    };
+    match made {
+        Made::Packet(..) => roam(&mut state.endpoint, from),
+        // An authenticated keepalive (a cookie reply proves nothing about the sender).
+        Made::Nothing if matches!(kind, Datagram::TransportData { .. }) => {
+            roam(&mut state.endpoint, from)
+        }
+        _ => {}
+    }
+    drop(state);
+    match made {
+        Made::Packet(len, src) => {
+            peer.add_rx(datagram.len());
+            accept_source(table, peer, src, &out[..len])
+        }
+        Made::Reply(len) => {
+            let Some(reply) = framed_in_place(out, from, len) else {
+                return Inbound::Dropped(DropReason::CryptoFailed);
+            };
             peer.add_rx(datagram.len());
             peer.add_tx(reply.len());
             Inbound::Reply {
                 datagram: reply,
-                to: from,
+                to: from.addr,
                 peer: Some(peer.clone()),
             }
         }
-        TunnResult::Done => {
-            if matches!(kind, Datagram::TransportData { .. }) {
-                // An authenticated keepalive (a cookie reply proves nothing about the sender).
-                roam(&mut state.endpoint, from);
-            }
-            drop(state);
+        Made::Nothing => {
             peer.add_rx(datagram.len());
             Inbound::Consumed
         }
-        TunnResult::Err(_) => Inbound::Dropped(DropReason::CryptoFailed),
+        Made::Refused => Inbound::Dropped(DropReason::CryptoFailed),
     }
 }
 
 /// Endpoint roaming: a peer is wherever its last authenticated message came from.
-fn roam(endpoint: &mut Option<SocketAddr>, from: SocketAddr) {
+fn roam(endpoint: &mut Option<Endpoint>, from: Endpoint) {
     if *endpoint != Some(from) {
         *endpoint = Some(from);
     }
@@ -237,10 +314,13 @@ pub fn flush_queued<'a>(peer: &Peer, out: &'a mut [u8]) -> Option<(&'a [u8], Soc
     let mut state = peer.state.lock();
     let to = state.endpoint?;
     let tunn: &mut Tunn = state.tunn.as_mut()?;
-    match tunn.decapsulate(None, &[], out) {
-        TunnResult::WriteToNetwork(datagram) => {
+    match tunn.decapsulate(None, &[], out.get_mut(to.header_len()..)?) {
+        TunnResult::WriteToNetwork(message) => {
+            let len = message.len();
+            drop(state);
+            let datagram = framed(out, to, len);
             peer.add_tx(datagram.len());
-            Some((datagram, to))
+            Some((datagram, to.addr))
         }
         _ => None,
     }
@@ -319,19 +399,124 @@ mod tests {
             decapsulate(&pair.b.table, moved, &datagram, &mut plain),
             Inbound::Dropped(DropReason::CryptoFailed)
         ));
-        assert_eq!(pair.b.peer.state.lock().endpoint, Some(pair.a.addr));
+        assert_eq!(pair.b.peer.state.lock().endpoint, Some(pair.a.addr.into()));
         datagram[last] ^= 1;
         assert!(matches!(
             decapsulate(&pair.b.table, moved, &datagram, &mut plain),
             Inbound::ToTun(_)
         ));
-        assert_eq!(pair.b.peer.state.lock().endpoint, Some(moved));
+        assert_eq!(pair.b.peer.state.lock().endpoint, Some(moved.into()));
         // A replay from yet another address is refused and does not move it back.
         assert!(matches!(
             decapsulate(&pair.b.table, pair.a.addr, &datagram, &mut plain),
             Inbound::Dropped(DropReason::CryptoFailed)
         ));
-        assert_eq!(pair.b.peer.state.lock().endpoint, Some(moved));
+        assert_eq!(pair.b.peer.state.lock().endpoint, Some(moved.into()));
+    }
+
+    /// What a relay does to a frame: checks the channel and rewrites it to the other side's.
+    fn relay(frame: &[u8], expect: u32, rewrite: u32) -> Vec<u8> {
+        let (channel, _) = crate::wire::relay_data(frame).expect("a relay frame");
+        assert_eq!(channel, expect);
+        let mut out = frame.to_vec();
+        write_relay_header(&mut out, rewrite);
+        out
+    }
+
+    #[test]
+    fn a_handshake_and_data_cross_a_relay_and_replies_go_back_through_it() {
+        let pair = Loopback::new();
+        let relay_addr: SocketAddr = "203.0.113.9:3479".parse().unwrap();
+        let (chan_a, chan_b) = (0x0a0a_0a0a, 0x0b0b_0b0b);
+        pair.a.peer.state.lock().endpoint = Some(Endpoint::relayed(relay_addr, chan_a));
+        let packet = pair.a.packet_to(&pair.b, 100);
+        let mut out = vec![0u8; 2048];
+        // a → relay: the initiation, framed.
+        let Outbound::Send { datagram, to } = encapsulate(&pair.a.table, &packet, &mut out) else {
+            panic!("expected a handshake initiation");
+        };
+        assert_eq!(to, relay_addr);
+        assert_eq!(
+            datagram.len(),
+            crate::wire::HANDSHAKE_INIT_LEN + RELAY_HEADER_LEN
+        );
+        let at_b = relay(datagram, chan_a, chan_b);
+        // b answers through the relay, on its own channel, and now sends there.
+        let mut buf = vec![0u8; 2048];
+        let Inbound::Reply { datagram, to, .. } =
+            decapsulate(&pair.b.table, relay_addr, &at_b, &mut buf)
+        else {
+            panic!("expected a handshake response");
+        };
+        assert_eq!(to, relay_addr);
+        assert_eq!(
+            pair.b.peer.state.lock().endpoint,
+            Some(Endpoint::relayed(relay_addr, chan_b))
+        );
+        let at_a = relay(datagram, chan_b, chan_a);
+        // a completes the handshake; its queued packet leaves framed.
+        let mut buf = vec![0u8; 2048];
+        let Inbound::Reply {
+            peer: Some(peer), ..
+        } = decapsulate(&pair.a.table, relay_addr, &at_a, &mut buf)
+        else {
+            panic!("expected the handshake to complete");
+        };
+        let mut flushed = vec![0u8; 2048];
+        let (queued, to) = flush_queued(&peer, &mut flushed).expect("the queued packet");
+        assert_eq!(to, relay_addr);
+        let at_b = relay(queued, chan_a, chan_b);
+        let mut plain = vec![0u8; 2048];
+        match decapsulate(&pair.b.table, relay_addr, &at_b, &mut plain) {
+            Inbound::ToTun(p) => assert_eq!(p, &packet[..]),
+            other => panic!("unexpected {other:?}"),
+        }
+        // Data both ways from now on.
+        let back = pair.b.packet_to(&pair.a, 1400);
+        let Outbound::Send { datagram, .. } = encapsulate(&pair.b.table, &back, &mut out) else {
+            panic!("expected data");
+        };
+        assert_eq!(datagram.len(), 1400 + 32 + RELAY_HEADER_LEN);
+        let at_a = relay(datagram, chan_b, chan_a);
+        match decapsulate(&pair.a.table, relay_addr, &at_a, &mut plain) {
+            Inbound::ToTun(p) => assert_eq!(p, &back[..]),
+            other => panic!("unexpected {other:?}"),
+        }
+        // A direct datagram from b moves a's endpoint off the relay (roaming).
+        pair.b.peer.state.lock().endpoint = Some(Endpoint::direct(pair.b.addr));
+        let direct = sent(encapsulate(&pair.b.table, &back, &mut out)).to_vec();
+        assert!(matches!(
+            decapsulate(&pair.a.table, pair.b.addr, &direct, &mut plain),
+            Inbound::ToTun(_)
+        ));
+        assert_eq!(
+            pair.a.peer.state.lock().endpoint,
+            Some(Endpoint::direct(pair.b.addr))
+        );
+    }
+
+    #[test]
+    fn relayed_control_frames_and_nested_relay_headers() {
+        let pair = Loopback::connected();
+        let relay_addr: SocketAddr = "203.0.113.9:3479".parse().unwrap();
+        let mut frame = vec![0u8; 8];
+        write_relay_header(&mut frame, 7);
+        frame.extend_from_slice(b"LRpb probe");
+        let mut out = vec![0u8; 2048];
+        assert!(matches!(
+            decapsulate(&pair.b.table, relay_addr, &frame, &mut out),
+            Inbound::Control
+        ));
+        let (from, payload) = control_payload(relay_addr, &frame);
+        assert_eq!(from, Endpoint::relayed(relay_addr, 7));
+        assert_eq!(payload, b"LRpb probe");
+        // A relay header inside a relay header is refused, not unwrapped again.
+        let mut nested = frame[..8].to_vec();
+        nested.extend_from_slice(&frame);
+        assert!(matches!(
+            decapsulate(&pair.b.table, relay_addr, &nested, &mut out),
+            Inbound::Dropped(DropReason::MalformedDatagram)
+        ));
     }
 
     #[test]

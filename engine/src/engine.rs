@@ -15,6 +15,7 @@ use crate::config::{
     DeviceStatus, DeviceUpdate, EngineConfig, Event, Key, PeerStatus, PeerUpdate, Prefix,
     UpdateError,
 };
+use crate::dataplane::framed;
 use crate::io::cpu::{CpuLayout, Steering};
 use crate::io::tun::TunDevice;
 use crate::io::udp;
@@ -235,11 +236,16 @@ impl Control {
             let Some(tunn) = state.tunn.as_mut() else {
                 continue;
             };
-            if let TunnResult::WriteToNetwork(datagram) = tunn.update_timers(buf) {
-                if let Some(to) = endpoint {
-                    peer.add_tx(datagram.len());
-                    send_one(socket, datagram, to, dual_stack);
-                }
+            let Some(to) = endpoint else {
+                let _ = tunn.update_timers(buf);
+                continue;
+            };
+            let head = to.header_len();
+            if let TunnResult::WriteToNetwork(message) = tunn.update_timers(&mut buf[head..]) {
+                let len = message.len();
+                let datagram = framed(buf, to, len);
+                peer.add_tx(datagram.len());
+                send_one(socket, datagram, to.addr, dual_stack);
             }
         }
     }
@@ -519,9 +525,11 @@ impl Control {
         let Some(tunn) = state.tunn.as_mut() else {
             return;
         };
-        if let TunnResult::WriteToNetwork(datagram) = write(tunn, &mut buf) {
+        if let TunnResult::WriteToNetwork(message) = write(tunn, &mut buf[to.header_len()..]) {
+            let len = message.len();
+            let datagram = framed(&mut buf, to, len);
             entry.peer.add_tx(datagram.len());
-            send_one(socket, datagram, to, self.dual_stack);
+            send_one(socket, datagram, to.addr, self.dual_stack);
         }
     }
 

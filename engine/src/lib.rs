@@ -15,6 +15,7 @@ pub mod io;
 pub mod loopback;
 mod peer;
 mod priority;
+pub mod relay;
 mod shared;
 mod stats;
 pub mod table;
@@ -23,7 +24,7 @@ mod worker;
 
 pub use allowed_ips::AllowedIps;
 pub use config::{
-    DeviceStatus, DeviceUpdate, EngineConfig, Event, Key, PeerStatus, PeerUpdate, Prefix,
+    DeviceStatus, DeviceUpdate, Endpoint, EngineConfig, Event, Key, PeerStatus, PeerUpdate, Prefix,
     UpdateError, default_threads,
 };
 pub use engine::{Engine, EngineHandle};

@@ -42,7 +42,7 @@ fn side(own: u8, other: u8) -> Side {
         other_public,
         u32::from(other),
         Some(tunn),
-        Some(other_addr),
+        Some(other_addr.into()),
     ));
     let mut table = PeerTable::new(Some(identity));
     table.insert(peer.clone());

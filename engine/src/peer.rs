@@ -5,13 +5,12 @@
 //! the same moment; the configuration (allowed-IPs, keepalive, pre-shared key) lives with the
 //! engine's control loop, not here.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use boringtun::noise::Tunn;
 use parking_lot::Mutex;
 
-use crate::config::Key;
+use crate::config::{Endpoint, Key};
 
 pub struct Peer {
     pub public_key: Key,
@@ -27,7 +26,7 @@ pub struct PeerState {
     /// `None` while the device has no private key.
     pub tunn: Option<Tunn>,
     /// Where the peer was last heard from (roaming) or configured to be.
-    pub endpoint: Option<SocketAddr>,
+    pub endpoint: Option<Endpoint>,
 }
 
 impl std::fmt::Debug for Peer {
@@ -56,7 +55,7 @@ impl Peer {
         public_key: Key,
         index: u32,
         tunn: Option<Tunn>,
-        endpoint: Option<SocketAddr>,
+        endpoint: Option<Endpoint>,
     ) -> Self {
         Peer {
             public_key,

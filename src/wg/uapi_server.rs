@@ -173,7 +173,7 @@ fn device_update(set: SetRequest) -> DeviceUpdate {
                 remove: p.remove,
                 update_only: p.update_only,
                 preshared_key: p.preshared_key.map(Some),
-                endpoint: p.endpoint,
+                endpoint: p.endpoint.map(Into::into),
                 persistent_keepalive: p.persistent_keepalive_interval,
                 replace_allowed_ips: p.replace_allowed_ips,
                 allowed_ips: p
@@ -200,7 +200,7 @@ fn device_info(status: DeviceStatus) -> DeviceInfo {
             .map(|p| {
                 let mut info = PeerInfo::new(p.public_key);
                 info.preshared_key = p.preshared_key;
-                info.endpoint = p.endpoint;
+                info.endpoint = p.endpoint.map(|e| e.addr);
                 info.last_handshake = p.last_handshake;
                 info.rx_bytes = p.rx_bytes;
                 info.tx_bytes = p.tx_bytes;
