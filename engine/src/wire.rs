@@ -29,6 +29,10 @@ pub const TRANSPORT_OVERHEAD: usize = 32;
 pub const RELAY_DATA_MAGIC: [u8; 4] = *b"LRrd";
 pub const RELAY_HEADER_LEN: usize = 8;
 
+/// Relay control frames (bind requests and acknowledgements); the relay's control thread
+/// handles them.
+pub const RELAY_CONTROL_MAGIC: [u8; 4] = *b"LRrb";
+
 /// Reads a relay data header: the channel and the payload. `None` for anything else.
 pub fn relay_data(datagram: &[u8]) -> Option<(u32, &[u8])> {
     if !datagram.starts_with(&RELAY_DATA_MAGIC) {

@@ -38,7 +38,7 @@ const UDP_RECV_BUF_LEN: usize = 1 << 16;
 /// Largest datagram the engine produces: an MTU-sized packet plus WireGuard overhead.
 const MAX_DATAGRAM: usize = MAX_MTU + wire::TRANSPORT_OVERHEAD;
 /// The kernel accepts at most 64 segments per GSO send.
-const MAX_GSO_SEGMENTS: usize = 64;
+pub(crate) const MAX_GSO_SEGMENTS: usize = 64;
 /// How long a send may wait for room in a full socket buffer before the datagram is dropped:
 /// enough to ride out a burst, short enough that nothing queues behind it for long.
 const SEND_PATIENCE: Duration = Duration::from_millis(2);
@@ -491,9 +491,10 @@ impl TunSink<'_> {
             }
             Inbound::Consumed => {}
             Inbound::Control => {
+                let (from, payload) = dataplane::control_payload(from, datagram);
                 let event = Event::Datagram {
                     from,
-                    data: datagram.to_vec(),
+                    data: payload.to_vec(),
                 };
                 if self.shared.events.try_send(event).is_err() {
                     self.shared.drops.record(DropReason::ControlQueueFull);
@@ -520,7 +521,7 @@ impl TunSink<'_> {
 
 /// Runs one send, waiting briefly for room when the socket buffer is full: a tunnel that drops
 /// under a burst makes TCP inside it back off far more than a short wait does.
-fn with_patience(mut send: impl FnMut() -> io::Result<()>) -> bool {
+pub(crate) fn with_patience(mut send: impl FnMut() -> io::Result<()>) -> bool {
     let mut deadline = None;
     loop {
         match send() {
@@ -541,7 +542,11 @@ fn with_patience(mut send: impl FnMut() -> io::Result<()>) -> bool {
     }
 }
 
-fn send_with_patience(state: &UdpSocketState, socket: &UdpSocket, transmit: &Transmit<'_>) -> bool {
+pub(crate) fn send_with_patience(
+    state: &UdpSocketState,
+    socket: &UdpSocket,
+    transmit: &Transmit<'_>,
+) -> bool {
     with_patience(|| state.try_send(UdpSockRef::from(socket), transmit))
 }
 
