@@ -9,5 +9,6 @@ pub mod nat;
 pub mod party;
 pub mod path;
 pub mod peer_id;
+pub mod relay;
 pub mod server_api;
 pub mod uapi;

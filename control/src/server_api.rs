@@ -10,7 +10,9 @@
 //!   `POST /v1/parties/leave` → 204;
 //!   `GET /v1/party` → [`PartyJson`] (404 when in none);
 //!   `POST /v1/heartbeat` [`Heartbeat`] → 204;
-//!   `GET /v1/events` → WebSocket of [`EventJson`] text frames, a snapshot first.
+//!   `GET /v1/events` → WebSocket of [`EventJson`] text frames, a snapshot first;
+//!   `GET /v1/relays` → [`RelaysJson`], the live relays with a grant for each other member.
+//! - from relays, MAC'd with the relay secret: `POST /v1/relays` [`RelayRegistration`] → 204.
 
 use std::net::{Ipv4Addr, SocketAddr};
 
@@ -19,6 +21,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::nat::NatType;
 use crate::party::{LeaveReason, Member, PartyEvent, PartyView};
 use crate::peer_id::PeerId;
+use crate::relay::{Grant, SessionId, Side};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChallengeRequest {
@@ -101,6 +104,62 @@ pub enum EventJson {
     Updated {
         member: MemberJson,
     },
+}
+
+/// A relay announcing itself; it does so again every few seconds, or is dropped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayRegistration {
+    /// Where members reach it.
+    pub addr: SocketAddr,
+    pub unix_time: u64,
+    /// Hex of [`crate::relay::RelaySecret::registration_mac`] over `addr` and `unix_time`.
+    pub mac: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelaysJson {
+    pub relays: Vec<RelayJson>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayJson {
+    pub addr: SocketAddr,
+    /// One per other member of the caller's party.
+    pub grants: Vec<GrantJson>,
+}
+
+/// The caller's side of its session with `peer` (see [`crate::relay::Grant`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrantJson {
+    pub peer: PeerId,
+    pub session: u64,
+    pub side: u8,
+    pub expires_unix: u64,
+    /// The side key, hex. Secret: only the member it is for receives it.
+    pub key: String,
+}
+
+impl GrantJson {
+    pub fn from_grant(peer: PeerId, grant: &Grant) -> Self {
+        GrantJson {
+            peer,
+            session: grant.session.0,
+            side: grant.side as u8,
+            expires_unix: grant.expires_unix,
+            key: hex::encode(grant.key),
+        }
+    }
+
+    pub fn to_grant(&self) -> Option<Grant> {
+        let mut key = [0; 32];
+        hex::decode_to_slice(&self.key, &mut key).ok()?;
+        Some(Grant {
+            session: SessionId(self.session),
+            side: Side::from_byte(self.side)?,
+            expires_unix: self.expires_unix,
+            key,
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
