@@ -1,48 +1,69 @@
-//! Path selection per peer, sans-IO: ping every candidate address of every peer with
+//! Path selection per peer, sans-IO: ping every candidate path of every peer with
 //! authenticated probe frames ([`super::frame`]) from the WireGuard port, answer the peers'
 //! pings, and choose for each peer the candidate with the best round trip. Both peers ping
 //! each other's candidates at once, so each one's NAT opens for the other (hole punching).
 //!
-//! A ping that arrives from an address we did not know for that peer (its NAT's mapping toward
-//! us) becomes a candidate too. Until a path is chosen, every candidate is pinged every
-//! [`FAST_INTERVAL`]; after, every [`SLOW_INTERVAL`], which keeps the NAT mappings open and
-//! the round trips current. A chosen path that stays silent for [`PATH_TIMEOUT`] is lost,
-//! and a better one replaces it only when clearly better, so paths do not flap.
+//! A candidate is a [`PathAddr`]: a peer's address, or a relay and the channel it knows the
+//! session by (the owner adds and strips the relay header; frames here are the bare probes).
+//! Direct paths win whenever one answers, however slow: a relayed path is chosen only when
+//! no direct one is alive, and the first direct path to answer replaces it at once. Among
+//! paths of one kind, the best round trip wins.
+//!
+//! A ping that arrives on a path we did not know for that peer (its NAT's mapping toward us,
+//! or a relay channel) becomes a candidate too. Until a path is chosen, every candidate is
+//! pinged every [`FAST_INTERVAL`]; after, every [`SLOW_INTERVAL`], which keeps the NAT
+//! mappings open, the round trips current, and the other candidates ready to take over (the
+//! relayed ones for failover, the direct ones to replace a relayed path). A chosen path whose
+//! pong is overdue is pinged every [`FAST_INTERVAL`] again, with all the others; one that stays
+//! silent for [`PATH_TIMEOUT`] is lost, and a better one of its kind replaces it only when
+//! clearly better, so paths do not flap.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use x25519_dalek::{PublicKey, StaticSecret};
 
+use super::PathAddr;
 use super::frame::{self, Frame, FrameError, PONG_LEN, PairKey};
 use crate::peer_id::PeerId;
 
 pub const FAST_INTERVAL: Duration = Duration::from_millis(200);
 /// Probing of a chosen path: cheap (65 bytes each way per peer), and what tells within
-/// [`PATH_TIMEOUT`] that a NAT rebound or an address changed.
+/// [`PATH_TIMEOUT`] that a NAT rebound, an address changed or a relay died.
 pub const SLOW_INTERVAL: Duration = Duration::from_secs(1);
-/// Four probes in a row unanswered: at 10% loss, one false alarm per peer every few hours,
-/// which costs a quick NAT re-check, not the tunnel.
-pub const PATH_TIMEOUT: Duration = Duration::from_secs(4);
+/// How long direct candidates are pinged fast while a relayed path carries the traffic: hole
+/// punching takes a few round trips more than binding at a relay, so the relay often answers
+/// first, and the direct path should replace it in a fraction of a second, not seconds.
+pub const PUNCH_WINDOW: Duration = Duration::from_secs(5);
+/// Silence after which a path is lost. A chosen path is probed fast once a pong is overdue,
+/// so this is one slow probe and about nine fast ones unanswered in a row: at 10% loss a false
+/// alarm is rarer than once a year per peer, and a dead path is left within 3 s.
+pub const PATH_TIMEOUT: Duration = Duration::from_secs(3);
 /// An unanswered ping is forgotten after this (its pong, if late, no longer counts).
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
 /// Pings per candidate whose pong would still count: with a ping every 200 ms, a path with a
 /// round trip up to about 800 ms is still measured while hole punching.
 const PINGS_REMEMBERED: usize = 4;
-/// Candidates per peer, advertised and learned together.
-pub const MAX_CANDIDATES: usize = 8;
+/// Direct candidates per peer, advertised and learned together.
+pub const MAX_DIRECT_CANDIDATES: usize = 8;
+/// Relayed candidates per peer (a few relays, each on its channel), advertised and learned
+/// together. Counted apart from the direct ones, so they never crowd those out.
+pub const MAX_RELAYED_CANDIDATES: usize = 4;
+/// Candidates per peer in all: up to [`MAX_DIRECT_CANDIDATES`] direct ones and up to
+/// [`MAX_RELAYED_CANDIDATES`] relayed ones on top.
+pub const MAX_CANDIDATES: usize = MAX_DIRECT_CANDIDATES + MAX_RELAYED_CANDIDATES;
 
 /// What the owner acts on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PathEvent {
-    /// Send `peer`'s WireGuard traffic to `endpoint` (first choice, or a clearly better one).
+    /// Send `peer`'s WireGuard traffic to `endpoint` (first choice, a clearly better one, a
+    /// direct one replacing a relayed one, or a replacement for one that died).
     Chosen {
         peer: PeerId,
-        endpoint: SocketAddr,
+        endpoint: PathAddr,
         rtt: Duration,
     },
-    /// No candidate of `peer` answers any more.
+    /// The chosen path to `peer` went silent (another may be chosen at once).
     Lost { peer: PeerId },
 }
 
@@ -58,7 +79,7 @@ pub enum Refused {
 
 #[derive(Debug, Clone)]
 struct Candidate {
-    addr: SocketAddr,
+    addr: PathAddr,
     /// Recent unanswered pings: (transaction, sent).
     pings: Vec<([u8; 12], Instant)>,
     rtt: Option<Duration>,
@@ -68,7 +89,7 @@ struct Candidate {
 }
 
 impl Candidate {
-    fn new(addr: SocketAddr, learned: bool) -> Candidate {
+    fn new(addr: PathAddr, learned: bool) -> Candidate {
         Candidate {
             addr,
             pings: Vec::new(),
@@ -86,12 +107,32 @@ impl Candidate {
     }
 }
 
+/// Whether `candidates` has room for one more of `addr`'s kind (direct or relayed).
+fn has_room(candidates: &[Candidate], addr: PathAddr) -> bool {
+    let limit = if addr.is_relayed() {
+        MAX_RELAYED_CANDIDATES
+    } else {
+        MAX_DIRECT_CANDIDATES
+    };
+    candidates
+        .iter()
+        .filter(|c| c.addr.is_relayed() == addr.is_relayed())
+        .count()
+        < limit
+}
+
 #[derive(Debug)]
 struct PeerPaths {
     key: PairKey,
     candidates: Vec<Candidate>,
-    chosen: Option<SocketAddr>,
+    chosen: Option<PathAddr>,
     next_round: Instant,
+    /// The next round is a slow one (the chosen path answers): if its pong becomes overdue
+    /// first, probing speeds up then.
+    slow: bool,
+    /// Until when direct candidates are pinged fast even while a relayed path is chosen
+    /// (renewed when the peer advertises a new address).
+    punch_until: Instant,
     /// Times the chosen path went silent (each a reconnect, for monitoring).
     losses: u32,
 }
@@ -101,7 +142,7 @@ pub struct PathSelector {
     me: PeerId,
     secret: StaticSecret,
     peers: HashMap<PeerId, PeerPaths>,
-    transmits: VecDeque<(SocketAddr, Vec<u8>)>,
+    transmits: VecDeque<(PathAddr, Vec<u8>)>,
     events: VecDeque<PathEvent>,
     random_id: Box<dyn FnMut() -> [u8; 12] + Send>,
 }
@@ -120,11 +161,13 @@ impl PathSelector {
         }
     }
 
-    /// Starts or updates probing `peer` at `candidates` (its advertised addresses). What was
-    /// learned about addresses it still has is kept, and learned addresses that answer stay;
-    /// an address it no longer advertises is dropped, even the chosen one (a restarted peer
-    /// on a new port must not be sought at the old one until that path times out).
-    pub fn set_peer(&mut self, now: Instant, peer: PeerId, candidates: &[SocketAddr]) {
+    /// Starts or updates probing `peer` at `candidates` (its advertised addresses and the
+    /// relay channels that reach it; beyond [`MAX_DIRECT_CANDIDATES`] direct ones or
+    /// [`MAX_RELAYED_CANDIDATES`] relayed ones, the later ones are ignored). What was
+    /// learned about paths it still has is kept, and learned paths that answer stay; a path
+    /// it no longer advertises is dropped, even the chosen one (a restarted peer on a new
+    /// port must not be sought at the old one until that path times out).
+    pub fn set_peer(&mut self, now: Instant, peer: PeerId, candidates: &[PathAddr]) {
         if peer == self.me {
             return;
         }
@@ -133,18 +176,26 @@ impl PathSelector {
             candidates: Vec::new(),
             chosen: None,
             next_round: now,
+            slow: false,
+            punch_until: now + PUNCH_WINDOW,
             losses: 0,
         });
         let mut merged: Vec<Candidate> = Vec::with_capacity(MAX_CANDIDATES);
         for &addr in candidates {
-            if merged.len() < MAX_CANDIDATES && !merged.iter().any(|c| c.addr == addr) {
+            if has_room(&merged, addr) && !merged.iter().any(|c| c.addr == addr) {
                 let known = paths.candidates.iter().find(|c| c.addr == addr).cloned();
+                if known.is_none() && !addr.is_relayed() {
+                    paths.punch_until = now + PUNCH_WINDOW;
+                    if paths.chosen.is_some_and(|c| c.is_relayed()) {
+                        paths.next_round = now;
+                    }
+                }
                 merged.push(known.unwrap_or_else(|| Candidate::new(addr, false)));
             }
         }
-        // Learned addresses that answer stay, after the advertised ones.
+        // Learned paths that answer stay, after the advertised ones.
         for c in &paths.candidates {
-            if merged.len() < MAX_CANDIDATES
+            if has_room(&merged, c.addr)
                 && !merged.iter().any(|m| m.addr == c.addr)
                 && c.learned
                 && c.alive(now).is_some()
@@ -169,7 +220,7 @@ impl PathSelector {
     }
 
     /// The chosen path to `peer` and its last round trip.
-    pub fn path(&self, peer: &PeerId, now: Instant) -> Option<(SocketAddr, Duration)> {
+    pub fn path(&self, peer: &PeerId, now: Instant) -> Option<(PathAddr, Duration)> {
         let paths = self.peers.get(peer)?;
         let chosen = paths.chosen?;
         let c = paths.candidates.iter().find(|c| c.addr == chosen)?;
@@ -181,13 +232,9 @@ impl PathSelector {
         self.peers.get(peer).map_or(0, |p| p.losses)
     }
 
-    /// Takes a probe frame that arrived from `from` on the WireGuard port.
-    pub fn handle(
-        &mut self,
-        now: Instant,
-        from: SocketAddr,
-        datagram: &[u8],
-    ) -> Result<(), Refused> {
+    /// Takes a probe frame that arrived on `from`: from an address on the WireGuard port, or
+    /// through a relay channel (its relay header already stripped).
+    pub fn handle(&mut self, now: Instant, from: PathAddr, datagram: &[u8]) -> Result<(), Refused> {
         let sender = frame::claimed_sender(datagram).map_err(Refused::Frame)?;
         if sender == self.me {
             return Err(Refused::UnknownPeer);
@@ -195,17 +242,19 @@ impl PathSelector {
         let paths = self.peers.get_mut(&sender).ok_or(Refused::UnknownPeer)?;
         match frame::decode(datagram, &paths.key).map_err(Refused::Frame)? {
             Frame::Ping { transaction, .. } => {
+                // Through a relay, the source we see is the relay's.
                 let pong = Frame::Pong {
                     sender: self.me,
                     transaction,
-                    observed: from,
+                    observed: from.addr,
                 };
                 let mut buf = [0; PONG_LEN];
                 let len = frame::encode(&pong, &paths.key, &mut buf);
                 self.transmits.push_back((from, buf[..len].to_vec()));
-                // The peer's NAT mapping toward us: a candidate we could not have known.
+                // The peer's NAT mapping toward us, or a relay channel it reaches us on: a
+                // candidate we could not have known.
                 if !paths.candidates.iter().any(|c| c.addr == from)
-                    && paths.candidates.len() < MAX_CANDIDATES
+                    && has_room(&paths.candidates, from)
                 {
                     paths.candidates.push(Candidate::new(from, true));
                     paths.next_round = now;
@@ -235,31 +284,52 @@ impl PathSelector {
         }
     }
 
-    /// Picks the best live candidate; switches only when the chosen one died or another is
+    /// Picks the best live candidate, a direct one whenever one is alive: a live direct path
+    /// replaces a relayed one at once, and a relayed one is chosen only when no direct one
+    /// is alive. Otherwise switches only when the chosen one died or another of its kind is
     /// clearly better (by a fifth of the round trip and at least a millisecond).
     fn choose(peer: PeerId, paths: &mut PeerPaths, now: Instant, events: &mut VecDeque<PathEvent>) {
-        let best = paths
-            .candidates
-            .iter()
-            .filter_map(|c| c.alive(now).map(|rtt| (c.addr, rtt)))
-            .min_by_key(|&(_, rtt)| rtt);
+        let best_of = |relayed: bool| {
+            paths
+                .candidates
+                .iter()
+                .filter(|c| c.addr.is_relayed() == relayed)
+                .filter_map(|c| c.alive(now).map(|rtt| (c.addr, rtt)))
+                .min_by_key(|&(_, rtt)| rtt)
+        };
+        let best = best_of(false).or_else(|| best_of(true));
         let current = paths.chosen.and_then(|addr| {
             paths
                 .candidates
                 .iter()
                 .find(|c| c.addr == addr)
                 .and_then(|c| c.alive(now))
+                .map(|rtt| (addr, rtt))
         });
         let switch = match (best, current) {
             (None, _) => false,
             (Some(_), None) => true,
-            (Some((addr, rtt)), Some(cur)) => {
-                Some(addr) != paths.chosen && rtt + (cur / 5).max(Duration::from_millis(1)) < cur
+            (Some((addr, rtt)), Some((cur_addr, cur))) => {
+                addr != cur_addr
+                    && match (cur_addr.is_relayed(), addr.is_relayed()) {
+                        // Direct beats relayed, however slow.
+                        (true, false) => true,
+                        (false, true) => false,
+                        _ => rtt + (cur / 5).max(Duration::from_millis(1)) < cur,
+                    }
             }
         };
         if let (true, Some((endpoint, rtt))) = (switch, best) {
             paths.chosen = Some(endpoint);
-            paths.next_round = now + SLOW_INTERVAL;
+            // Still punching toward a direct path: keep asking fast.
+            let punching = endpoint.is_relayed() && now < paths.punch_until;
+            paths.slow = !punching;
+            paths.next_round = now
+                + if punching {
+                    FAST_INTERVAL
+                } else {
+                    SLOW_INTERVAL
+                };
             events.push_back(PathEvent::Chosen {
                 peer,
                 endpoint,
@@ -268,8 +338,9 @@ impl PathSelector {
         }
     }
 
-    /// The next datagram to send, if one is due at `now`. Call until `None`.
-    pub fn poll_transmit(&mut self, now: Instant) -> Option<(SocketAddr, Vec<u8>)> {
+    /// The next datagram to send, if one is due at `now`, and the path to send it on. Call
+    /// until `None`.
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<(PathAddr, Vec<u8>)> {
         if let Some(t) = self.transmits.pop_front() {
             return Some(t);
         }
@@ -287,11 +358,27 @@ impl PathSelector {
                     Self::choose(peer, paths, now, &mut self.events);
                 }
             }
+            // A chosen path whose last pong is overdue: find out fast whether it is gone, and
+            // have the others' round trips fresh for the choice that follows.
+            let overdue = paths.chosen.is_some_and(|chosen| {
+                paths.candidates.iter().any(|c| {
+                    c.addr == chosen
+                        && c.last_pong.is_some_and(|at| {
+                            let due = SLOW_INTERVAL + FAST_INTERVAL + c.rtt.unwrap_or_default();
+                            now.saturating_duration_since(at) > due
+                        })
+                })
+            });
+            if overdue && paths.next_round > now + FAST_INTERVAL {
+                paths.next_round = now;
+            }
             if now < paths.next_round {
                 continue;
             }
+            let punching = paths.chosen.is_some_and(|c| c.is_relayed()) && now < paths.punch_until;
+            paths.slow = paths.chosen.is_some() && !overdue && !punching;
             paths.next_round = now
-                + if paths.chosen.is_some() {
+                + if paths.slow {
                     SLOW_INTERVAL
                 } else {
                     FAST_INTERVAL
@@ -319,7 +406,18 @@ impl PathSelector {
     /// When [`PathSelector::poll_transmit`] next has something to do. (After
     /// [`PathSelector::handle`], drain `poll_transmit` at once: a pong may be waiting.)
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.peers.values().map(|p| p.next_round).min()
+        self.peers
+            .values()
+            .map(|p| {
+                // When the chosen path's pong becomes overdue (fast probing starts then).
+                let overdue_at = p.chosen.filter(|_| p.slow).and_then(|chosen| {
+                    let c = p.candidates.iter().find(|c| c.addr == chosen)?;
+                    let due = SLOW_INTERVAL + FAST_INTERVAL + c.rtt.unwrap_or_default();
+                    Some(c.last_pong? + due + Duration::from_millis(1))
+                });
+                overdue_at.map_or(p.next_round, |at| at.min(p.next_round))
+            })
+            .min()
     }
 
     pub fn poll_event(&mut self) -> Option<PathEvent> {
@@ -329,25 +427,74 @@ impl PathSelector {
 
 #[cfg(test)]
 mod tests {
+    use std::net::SocketAddr;
+
     use super::*;
 
     fn addr(s: &str) -> SocketAddr {
         s.parse().unwrap()
     }
 
-    /// One side of the simulated internet: a host with a local address, maybe behind a NAT
-    /// that keeps the port and admits only what answers an address and port it sent to.
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    /// How a host's NAT treats datagrams.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Nat {
+        /// No NAT: the host is reached at its local address and its public one.
+        Open,
+        /// Keeps the port; admits only what answers an address and port it sent to.
+        PortRestricted,
+        /// A new public port per destination (40000 on); admits only what that destination
+        /// sends to that port. Two of these never let each other's pings through.
+        Symmetric,
+    }
+
+    /// One side of the simulated internet: a host with a local address, maybe behind a NAT.
     struct Host {
         selector: PathSelector,
         id: PeerId,
         local: SocketAddr,
         public: SocketAddr,
-        natted: bool,
+        nat: Nat,
+        /// Every address it sent to, in order (what its NAT has mappings for).
         sent_to: Vec<SocketAddr>,
         events: Vec<(Instant, PathEvent)>,
     }
 
-    fn host(seed: u8, local: &str, public: &str, natted: bool) -> Host {
+    impl Host {
+        /// The source the world sees for what this host sends to `to`, once it has sent there.
+        fn mapped(&self, to: SocketAddr) -> Option<SocketAddr> {
+            match self.nat {
+                Nat::Open | Nat::PortRestricted => Some(self.public),
+                Nat::Symmetric => {
+                    let i = self.sent_to.iter().position(|&s| s == to)?;
+                    Some(SocketAddr::new(self.public.ip(), 40000 + i as u16))
+                }
+            }
+        }
+
+        /// Whether a datagram to `to` is for this host.
+        fn reached_at(&self, to: SocketAddr) -> bool {
+            match self.nat {
+                Nat::Open => to == self.public || to == self.local,
+                Nat::PortRestricted => to == self.public,
+                Nat::Symmetric => to.ip() == self.public.ip(),
+            }
+        }
+
+        /// Whether its NAT lets in a datagram from `from` to `to`.
+        fn admits(&self, from: SocketAddr, to: SocketAddr) -> bool {
+            match self.nat {
+                Nat::Open => true,
+                Nat::PortRestricted => self.sent_to.contains(&from),
+                Nat::Symmetric => self.mapped(from) == Some(to),
+            }
+        }
+    }
+
+    fn host(seed: u8, local: &str, public: &str, nat: Nat) -> Host {
         let secret = StaticSecret::from([seed; 32]);
         let id = PeerId(PublicKey::from(&secret).to_bytes());
         let mut n = u64::from(seed) << 32;
@@ -361,46 +508,77 @@ mod tests {
             id,
             local: addr(local),
             public: addr(public),
-            natted,
+            nat,
             sent_to: Vec::new(),
             events: Vec::new(),
         }
     }
 
-    /// Datagrams in flight: (arrival, to host index, source as seen, bytes).
-    type InFlight = Vec<(Instant, usize, SocketAddr, Vec<u8>)>;
+    /// A relay joining the two hosts: host `i` sends to the other on `channels[i]`, and hears
+    /// the other on it. It forwards to where the host's NAT maps its traffic to the relay
+    /// (the host's allocation), so a host must have sent to it first.
+    struct Relay {
+        addr: SocketAddr,
+        channels: [u32; 2],
+    }
 
-    /// Runs both hosts for `duration` in 5 ms steps; `delay(to)` is the one-way delay to an
-    /// address, `None` for unreachable.
+    impl Relay {
+        /// The path through this relay as host `i` knows it.
+        fn path(&self, i: usize) -> PathAddr {
+            PathAddr::relayed(self.addr, self.channels[i])
+        }
+    }
+
+    /// Datagrams in flight: (arrival, to host index, source as seen, address it arrives at,
+    /// bytes).
+    type InFlight = Vec<(Instant, usize, PathAddr, SocketAddr, Vec<u8>)>;
+
+    /// Runs both hosts for `duration` in 5 ms steps; `delay(to)` is the one-way delay on a
+    /// path (through the relay, for a relayed one), `None` for unreachable.
     fn run(
         hosts: &mut [Host; 2],
+        relays: &[Relay],
         t0: Instant,
         duration: Duration,
-        delay: &dyn Fn(SocketAddr) -> Option<Duration>,
+        delay: &dyn Fn(PathAddr) -> Option<Duration>,
     ) {
         let mut flight: InFlight = Vec::new();
         let mut now = t0;
         while now < t0 + duration {
             for i in 0..2 {
+                let j = 1 - i;
                 while let Some((to, bytes)) = hosts[i].selector.poll_transmit(now) {
-                    hosts[i].sent_to.push(to);
-                    let target = hosts
-                        .iter()
-                        .position(|h| h.public == to || (!h.natted && h.local == to));
-                    if let (Some(j), Some(d)) = (target, delay(to)) {
-                        flight.push((now + d, j, hosts[i].public, bytes));
+                    if !hosts[i].sent_to.contains(&to.addr) {
+                        hosts[i].sent_to.push(to.addr);
+                    }
+                    let Some(d) = delay(to) else {
+                        continue;
+                    };
+                    let leg = match to.relay_channel {
+                        None => hosts
+                            .iter()
+                            .position(|h| h.reached_at(to.addr))
+                            .zip(hosts[i].mapped(to.addr))
+                            .map(|(k, from)| (k, PathAddr::direct(from), to.addr)),
+                        Some(channel) => relays
+                            .iter()
+                            .find(|r| r.addr == to.addr && r.channels[i] == channel)
+                            .and_then(|r| Some((j, r.path(j), hosts[j].mapped(r.addr)?))),
+                    };
+                    if let Some((k, from, at)) = leg {
+                        flight.push((now + d, k, from, at, bytes));
                     }
                 }
                 while let Some(e) = hosts[i].selector.poll_event() {
                     hosts[i].events.push((now, e));
                 }
             }
-            now += Duration::from_millis(5);
+            now += ms(5);
             let (due, later): (InFlight, InFlight) = flight.into_iter().partition(|f| f.0 <= now);
             flight = later;
-            for (_, j, from, bytes) in due {
-                let h = &mut hosts[j];
-                if h.natted && !h.sent_to.contains(&from) {
+            for (_, k, from, at, bytes) in due {
+                let h = &mut hosts[k];
+                if !h.admits(from.addr, at) {
                     continue; // the NAT drops what answers nothing it sent
                 }
                 let _ = h.selector.handle(now, from, &bytes);
@@ -408,7 +586,7 @@ mod tests {
         }
     }
 
-    fn chosen(h: &Host) -> Vec<(Duration, SocketAddr)> {
+    fn chosen(h: &Host) -> Vec<(Duration, PathAddr)> {
         h.events
             .iter()
             .filter_map(|(at, e)| match e {
@@ -420,82 +598,102 @@ mod tests {
             .collect()
     }
 
-    fn pair(a_natted: bool, b_natted: bool) -> [Host; 2] {
+    /// The events of `h` from `since` on.
+    fn events_since(h: &Host, since: Instant) -> Vec<(Instant, PathEvent)> {
+        h.events
+            .iter()
+            .filter(|(at, _)| *at >= since)
+            .cloned()
+            .collect()
+    }
+
+    fn pair(a: Nat, b: Nat) -> [Host; 2] {
         [
-            host(1, "192.168.1.2:51820", "203.0.113.1:51820", a_natted),
-            host(2, "192.168.2.2:51820", "203.0.113.2:51820", b_natted),
+            host(1, "192.168.1.2:51820", "203.0.113.1:51820", a),
+            host(2, "192.168.2.2:51820", "203.0.113.2:51820", b),
         ]
     }
 
-    fn introduce(hosts: &mut [Host; 2], t0: Instant) {
-        let (a, b) = (hosts[0].id, hosts[1].id);
-        let (a_cands, b_cands) = (
-            [hosts[0].local, hosts[0].public],
-            [hosts[1].local, hosts[1].public],
-        );
-        hosts[0].selector.set_peer(t0, b, &b_cands);
-        hosts[1].selector.set_peer(t0, a, &a_cands);
+    /// Each host learns the other's local and public addresses, then the relayed paths.
+    fn introduce(hosts: &mut [Host; 2], relays: &[Relay], t0: Instant) {
+        for i in 0..2 {
+            let other = &hosts[1 - i];
+            let mut candidates = vec![PathAddr::direct(other.local), other.public.into()];
+            candidates.extend(relays.iter().map(|r| r.path(i)));
+            let id = other.id;
+            hosts[i].selector.set_peer(t0, id, &candidates);
+        }
     }
 
-    fn internet(to: SocketAddr) -> Option<Duration> {
-        // Only public addresses are routed; 10 ms each way.
-        to.ip()
-            .to_string()
-            .starts_with("203.")
-            .then_some(Duration::from_millis(10))
+    fn public(to: PathAddr) -> bool {
+        to.addr.ip().to_string().starts_with("203.")
     }
 
-    fn lan_and_internet(to: SocketAddr) -> Option<Duration> {
+    fn internet(to: PathAddr) -> Option<Duration> {
+        // Only public addresses are routed: 10 ms each way, 25 ms through a relay.
+        public(to).then_some(ms(if to.is_relayed() { 25 } else { 10 }))
+    }
+
+    /// Something between the hosts drops all direct traffic; relays still get through.
+    fn relays_only(to: PathAddr) -> Option<Duration> {
+        internet(to).filter(|_| to.is_relayed())
+    }
+
+    fn lan_and_internet(to: PathAddr) -> Option<Duration> {
         // LAN addresses are routed too, and are faster.
-        Some(if to.ip().to_string().starts_with("192.") {
-            Duration::from_millis(1)
+        Some(if to.addr.ip().to_string().starts_with("192.") {
+            ms(1)
         } else {
-            Duration::from_millis(15)
+            ms(15)
         })
+    }
+
+    fn relay(addr_: &str, channels: [u32; 2]) -> Relay {
+        Relay {
+            addr: addr(addr_),
+            channels,
+        }
     }
 
     #[test]
     fn two_port_restricted_nats_punch_through_at_once() {
         let t0 = Instant::now();
-        let mut hosts = pair(true, true);
-        introduce(&mut hosts, t0);
-        run(&mut hosts, t0, Duration::from_secs(2), &internet);
+        let mut hosts = pair(Nat::PortRestricted, Nat::PortRestricted);
+        introduce(&mut hosts, &[], t0);
+        run(&mut hosts, &[], t0, Duration::from_secs(2), &internet);
         for (i, other) in [(0, 1), (1, 0)] {
             let got = chosen(&hosts[i]);
             assert_eq!(got.len(), 1, "host {i}: {:?}", hosts[i].events);
-            assert_eq!(got[0].1, hosts[other].public);
+            assert_eq!(got[0].1, hosts[other].public.into());
             let (endpoint, rtt) = hosts[i]
                 .selector
                 .path(&hosts[other].id, t0 + Duration::from_secs(2))
                 .unwrap();
-            assert_eq!(endpoint, hosts[other].public);
-            assert!(
-                rtt >= Duration::from_millis(20) && rtt < Duration::from_millis(40),
-                "{rtt:?}"
-            );
+            assert_eq!(endpoint, hosts[other].public.into());
+            assert!(rtt >= ms(20) && rtt < ms(40), "{rtt:?}");
         }
         // The first round's pings die at the other NAT; the second gets through.
         let first = hosts[0].events[0].0 - t0;
-        assert!(first < Duration::from_millis(500), "chosen after {first:?}");
+        assert!(first < ms(500), "chosen after {first:?}");
     }
 
     #[test]
     fn a_peer_whose_address_nobody_advertised_is_learned_from_its_pings() {
         let t0 = Instant::now();
-        let mut hosts = pair(false, true);
+        let mut hosts = pair(Nat::Open, Nat::PortRestricted);
         // B advertises only its unreachable LAN address; A advertises its public one.
         let (a, b) = (hosts[0].id, hosts[1].id);
         let (b_local, a_public) = (hosts[1].local, hosts[0].public);
-        hosts[0].selector.set_peer(t0, b, &[b_local]);
-        hosts[1].selector.set_peer(t0, a, &[a_public]);
-        run(&mut hosts, t0, Duration::from_secs(2), &internet);
+        hosts[0].selector.set_peer(t0, b, &[b_local.into()]);
+        hosts[1].selector.set_peer(t0, a, &[a_public.into()]);
+        run(&mut hosts, &[], t0, Duration::from_secs(2), &internet);
         assert_eq!(
             chosen(&hosts[0]).first().map(|c| c.1),
-            Some(hosts[1].public)
+            Some(hosts[1].public.into())
         );
         assert_eq!(
             chosen(&hosts[1]).first().map(|c| c.1),
-            Some(hosts[0].public)
+            Some(hosts[0].public.into())
         );
     }
 
@@ -503,16 +701,28 @@ mod tests {
     fn a_clearly_better_path_wins_and_a_dead_one_is_lost() {
         let t0 = Instant::now();
         // Neither is behind NAT; each reaches the other's LAN address too, faster.
-        let mut hosts = pair(false, false);
-        introduce(&mut hosts, t0);
-        run(&mut hosts, t0, Duration::from_secs(1), &lan_and_internet);
+        let mut hosts = pair(Nat::Open, Nat::Open);
+        introduce(&mut hosts, &[], t0);
+        run(
+            &mut hosts,
+            &[],
+            t0,
+            Duration::from_secs(1),
+            &lan_and_internet,
+        );
         assert_eq!(
             hosts[0].selector.path(&hosts[1].id, t0).map(|p| p.0),
-            Some(hosts[1].local)
+            Some(hosts[1].local.into())
         );
         // The LAN goes away: after PATH_TIMEOUT the public path takes over.
         let t1 = t0 + Duration::from_secs(1);
-        run(&mut hosts, t1, PATH_TIMEOUT + SLOW_INTERVAL * 2, &internet);
+        run(
+            &mut hosts,
+            &[],
+            t1,
+            PATH_TIMEOUT + SLOW_INTERVAL * 2,
+            &internet,
+        );
         let events: Vec<_> = hosts[0].events.iter().map(|(_, e)| e.clone()).collect();
         assert!(
             events.contains(&PathEvent::Lost { peer: hosts[1].id }),
@@ -520,7 +730,7 @@ mod tests {
         );
         assert_eq!(hosts[0].selector.losses(&hosts[1].id), 1);
         assert!(
-            matches!(events.last(), Some(PathEvent::Chosen { endpoint, .. }) if *endpoint == hosts[1].public),
+            matches!(events.last(), Some(PathEvent::Chosen { endpoint, .. }) if *endpoint == hosts[1].public.into()),
             "{events:?}"
         );
     }
@@ -528,18 +738,24 @@ mod tests {
     #[test]
     fn a_peer_that_moved_is_not_sought_where_it_was() {
         let t0 = Instant::now();
-        let mut hosts = pair(false, false);
-        introduce(&mut hosts, t0);
-        run(&mut hosts, t0, Duration::from_secs(1), &lan_and_internet);
+        let mut hosts = pair(Nat::Open, Nat::Open);
+        introduce(&mut hosts, &[], t0);
+        run(
+            &mut hosts,
+            &[],
+            t0,
+            Duration::from_secs(1),
+            &lan_and_internet,
+        );
         assert_eq!(
             hosts[0].selector.path(&hosts[1].id, t0).map(|p| p.0),
-            Some(hosts[1].local)
+            Some(hosts[1].local.into())
         );
         // B restarts on another port and says so; A's chosen path is gone at once, though
         // its last pong is recent, and the public address, still advertised, takes over.
         let t1 = t0 + Duration::from_secs(1);
-        let moved = addr("192.168.2.2:40000");
-        let public = hosts[1].public;
+        let moved = PathAddr::direct(addr("192.168.2.2:40000"));
+        let public = PathAddr::direct(hosts[1].public);
         let b = hosts[1].id;
         hosts[0].selector.set_peer(t1, b, &[moved, public]);
         assert_eq!(hosts[0].selector.path(&b, t1).map(|p| p.0), Some(public));
@@ -548,9 +764,9 @@ mod tests {
     #[test]
     fn forged_reflected_and_unexpected_frames_are_refused() {
         let t0 = Instant::now();
-        let mut hosts = pair(false, false);
-        introduce(&mut hosts, t0);
-        let from = hosts[1].public;
+        let mut hosts = pair(Nat::Open, Nat::Open);
+        introduce(&mut hosts, &[], t0);
+        let from = PathAddr::direct(hosts[1].public);
         // A's own ping, reflected back to it.
         let (_, ping) = hosts[0].selector.poll_transmit(t0).unwrap();
         assert_eq!(
@@ -558,10 +774,10 @@ mod tests {
             Err(Refused::UnknownPeer)
         );
         // A stranger's frame.
-        let mut stranger = host(9, "10.9.9.9:1", "198.51.100.9:1", false);
+        let mut stranger = host(9, "10.9.9.9:1", "198.51.100.9:1", Nat::Open);
         stranger
             .selector
-            .set_peer(t0, hosts[0].id, &[hosts[0].public]);
+            .set_peer(t0, hosts[0].id, &[hosts[0].public.into()]);
         let (_, theirs) = stranger.selector.poll_transmit(t0).unwrap();
         assert_eq!(
             hosts[0].selector.handle(t0, from, &theirs),
@@ -575,19 +791,263 @@ mod tests {
             Err(Refused::Frame(FrameError::BadMac))
         );
         // A genuine pong counts once; replayed, it answers nothing.
-        let mut fresh = pair(false, false);
-        introduce(&mut fresh, t0);
+        let mut fresh = pair(Nat::Open, Nat::Open);
+        introduce(&mut fresh, &[], t0);
         let (_, ping) = fresh[1].selector.poll_transmit(t0).unwrap();
         fresh[0]
             .selector
-            .handle(t0, fresh[1].public, &ping)
+            .handle(t0, fresh[1].public.into(), &ping)
             .unwrap();
         let (_, pong) = fresh[0].selector.poll_transmit(t0).unwrap();
-        assert_eq!(fresh[1].selector.handle(t0, fresh[0].public, &pong), Ok(()));
+        let a_public = PathAddr::direct(fresh[0].public);
+        assert_eq!(fresh[1].selector.handle(t0, a_public, &pong), Ok(()));
         assert_eq!(
-            fresh[1].selector.handle(t0, fresh[0].public, &pong),
+            fresh[1].selector.handle(t0, a_public, &pong),
             Err(Refused::Unexpected)
         );
         assert!(hosts[0].selector.handle(t0, from, b"garbage").is_err());
+    }
+
+    #[test]
+    fn two_symmetric_nats_meet_through_a_relay() {
+        let t0 = Instant::now();
+        let mut hosts = pair(Nat::Symmetric, Nat::Symmetric);
+        let relays = [relay("203.0.113.100:3479", [0xa0, 0xb1])];
+        introduce(&mut hosts, &relays, t0);
+        run(&mut hosts, &relays, t0, Duration::from_secs(3), &internet);
+        for (i, other) in [(0, 1), (1, 0)] {
+            let got = chosen(&hosts[i]);
+            assert_eq!(got.len(), 1, "host {i}: {:?}", hosts[i].events);
+            assert_eq!(got[0].1, relays[0].path(i));
+            let (endpoint, rtt) = hosts[i]
+                .selector
+                .path(&hosts[other].id, t0 + Duration::from_secs(3))
+                .unwrap();
+            assert_eq!(endpoint, relays[0].path(i));
+            assert!(rtt >= ms(50) && rtt < ms(70), "{rtt:?}");
+            assert_eq!(hosts[i].selector.losses(&hosts[other].id), 0);
+        }
+        // The direct pings were sent all along, and all died at the other NAT.
+        assert!(hosts[0].sent_to.contains(&hosts[1].public));
+    }
+
+    #[test]
+    fn a_direct_path_replaces_a_relayed_one_as_soon_as_it_answers() {
+        let t0 = Instant::now();
+        let mut hosts = pair(Nat::PortRestricted, Nat::PortRestricted);
+        let relays = [relay("203.0.113.100:3479", [7, 9])];
+        introduce(&mut hosts, &relays, t0);
+        run(
+            &mut hosts,
+            &relays,
+            t0,
+            Duration::from_secs(2),
+            &relays_only,
+        );
+        for (i, other) in [(0, 1), (1, 0)] {
+            let path = hosts[i].selector.path(&hosts[other].id, t0).map(|p| p.0);
+            assert_eq!(path, Some(relays[0].path(i)), "host {i}");
+        }
+        // Direct traffic gets through from now on, though slower than the relay: direct
+        // wins anyway, as soon as it answers, while the relayed path still works.
+        let t1 = t0 + Duration::from_secs(2);
+        let slow_direct =
+            |to: PathAddr| internet(to).map(|d| if to.is_relayed() { d } else { ms(40) });
+        run(
+            &mut hosts,
+            &relays,
+            t1,
+            Duration::from_secs(3),
+            &slow_direct,
+        );
+        for (i, other) in [(0, 1), (1, 0)] {
+            let events = events_since(&hosts[i], t1);
+            let [
+                (
+                    at,
+                    PathEvent::Chosen {
+                        peer,
+                        endpoint,
+                        rtt,
+                    },
+                ),
+            ] = events.as_slice()
+            else {
+                panic!("host {i}: {events:?}");
+            };
+            assert_eq!(*peer, hosts[other].id);
+            assert_eq!(*endpoint, hosts[other].public.into());
+            assert!(*rtt >= ms(80) && *rtt < ms(100), "{rtt:?}");
+            // Within one round of probing and a round trip, not after the relayed path died.
+            assert!(*at - t1 <= SLOW_INTERVAL + ms(150), "after {:?}", *at - t1);
+            assert_eq!(hosts[i].selector.losses(&hosts[other].id), 0);
+        }
+    }
+
+    #[test]
+    fn when_the_direct_path_dies_a_relayed_one_takes_over_in_the_same_poll() {
+        let t0 = Instant::now();
+        let mut hosts = pair(Nat::PortRestricted, Nat::PortRestricted);
+        let relays = [relay("203.0.113.100:3479", [7, 9])];
+        introduce(&mut hosts, &relays, t0);
+        run(&mut hosts, &relays, t0, Duration::from_secs(2), &internet);
+        for (i, other) in [(0, 1), (1, 0)] {
+            let got = chosen(&hosts[i]);
+            assert_eq!(got.len(), 1, "host {i}: {:?}", hosts[i].events);
+            assert_eq!(got[0].1, hosts[other].public.into());
+        }
+        // Direct traffic stops getting through; the relay, probed all along, is alive.
+        let t1 = t0 + Duration::from_secs(2);
+        run(
+            &mut hosts,
+            &relays,
+            t1,
+            PATH_TIMEOUT + SLOW_INTERVAL * 2,
+            &relays_only,
+        );
+        for (i, other) in [(0, 1), (1, 0)] {
+            let events = events_since(&hosts[i], t1);
+            let peer = hosts[other].id;
+            let [
+                (lost_at, PathEvent::Lost { peer: lost }),
+                (chosen_at, PathEvent::Chosen { endpoint, .. }),
+            ] = events.as_slice()
+            else {
+                panic!("host {i}: {events:?}");
+            };
+            assert_eq!((*lost, *endpoint), (peer, relays[0].path(i)));
+            assert_eq!(lost_at, chosen_at, "host {i}: not in the same poll");
+            assert!(
+                *lost_at - t1 <= PATH_TIMEOUT + FAST_INTERVAL,
+                "{:?}",
+                *lost_at - t1
+            );
+            assert_eq!(hosts[i].selector.losses(&peer), 1);
+            let now = t1 + PATH_TIMEOUT + SLOW_INTERVAL * 2;
+            assert_eq!(
+                hosts[i].selector.path(&peer, now).map(|p| p.0),
+                Some(relays[0].path(i))
+            );
+        }
+    }
+
+    #[test]
+    fn the_better_of_two_relays_wins_and_the_other_takes_over_when_it_dies() {
+        let t0 = Instant::now();
+        let mut hosts = pair(Nat::Symmetric, Nat::Symmetric);
+        let relays = [
+            relay("203.0.113.100:3479", [1, 2]),
+            relay("203.0.113.101:3479", [3, 4]),
+        ];
+        let (far, near) = (&relays[0], &relays[1]);
+        let (far_addr, near_addr) = (far.addr, near.addr);
+        let both = move |to: PathAddr| match to.addr {
+            a if a == far_addr => Some(ms(40)),
+            a if a == near_addr => Some(ms(15)),
+            _ => None,
+        };
+        let far_only = move |to: PathAddr| both(to).filter(|_| to.addr == far_addr);
+        introduce(&mut hosts, &relays, t0);
+        let (a, b) = (hosts[0].id, hosts[1].id);
+
+        // Both relays work: the near one, 30 ms round trip against 80, is chosen.
+        run(&mut hosts, &relays, t0, Duration::from_secs(2), &both);
+        let t1 = t0 + Duration::from_secs(2);
+        assert_eq!(chosen(&hosts[0]), [(Duration::ZERO, near.path(0))]);
+        assert_eq!(
+            hosts[1].selector.path(&a, t1).map(|p| p.0),
+            Some(near.path(1))
+        );
+
+        // The near one dies: the far one takes over in the same poll.
+        run(
+            &mut hosts,
+            &relays,
+            t1,
+            PATH_TIMEOUT + SLOW_INTERVAL * 2,
+            &far_only,
+        );
+        let events = events_since(&hosts[0], t1);
+        let [
+            (lost_at, PathEvent::Lost { .. }),
+            (chosen_at, PathEvent::Chosen { endpoint, .. }),
+        ] = events.as_slice()
+        else {
+            panic!("{events:?}");
+        };
+        assert_eq!((lost_at, *endpoint), (chosen_at, far.path(0)));
+        assert_eq!(hosts[0].selector.losses(&b), 1);
+
+        // The near one is back: clearly better, it replaces the far one, which still works.
+        let t2 = t1 + PATH_TIMEOUT + SLOW_INTERVAL * 2;
+        run(&mut hosts, &relays, t2, Duration::from_secs(2), &both);
+        for (i, other) in [(0, b), (1, a)] {
+            let events = events_since(&hosts[i], t2);
+            assert!(
+                matches!(events.as_slice(), [(_, PathEvent::Chosen { endpoint, .. })] if *endpoint == relays[1].path(i)),
+                "host {i}: {events:?}"
+            );
+            assert_eq!(hosts[i].selector.losses(&other), 1);
+        }
+    }
+
+    #[test]
+    fn a_relay_channel_nobody_advertised_is_learned_from_its_pings() {
+        let t0 = Instant::now();
+        let mut hosts = pair(Nat::Open, Nat::PortRestricted);
+        let relays = [relay("203.0.113.100:3479", [5, 6])];
+        // A knows only B's unreachable LAN address; B knows A only through the relay.
+        let (a, b) = (hosts[0].id, hosts[1].id);
+        let b_local = hosts[1].local;
+        hosts[0].selector.set_peer(t0, b, &[b_local.into()]);
+        hosts[1].selector.set_peer(t0, a, &[relays[0].path(1)]);
+        run(&mut hosts, &relays, t0, Duration::from_secs(2), &internet);
+        assert_eq!(
+            chosen(&hosts[0]).first().map(|c| c.1),
+            Some(relays[0].path(0))
+        );
+        assert_eq!(
+            chosen(&hosts[1]).first().map(|c| c.1),
+            Some(relays[0].path(1))
+        );
+    }
+
+    #[test]
+    fn relayed_candidates_do_not_crowd_out_direct_ones() {
+        let t0 = Instant::now();
+        let mut a = host(1, "192.168.1.2:51820", "203.0.113.1:51820", Nat::Open);
+        let mut b = host(2, "192.168.2.2:51820", "203.0.113.2:51820", Nat::Open);
+        let relay_addr = addr("203.0.113.100:3479");
+        let relayed: Vec<PathAddr> = (0..6).map(|c| PathAddr::relayed(relay_addr, c)).collect();
+        let direct: Vec<PathAddr> = (0..10)
+            .map(|p| PathAddr::direct(SocketAddr::new(b.public.ip(), 50000 + p)))
+            .collect();
+        // Relayed ones first: they take only their own share.
+        let advertised: Vec<PathAddr> = relayed.iter().chain(&direct).copied().collect();
+        a.selector.set_peer(t0, b.id, &advertised);
+        let kept: Vec<PathAddr> = relayed[..MAX_RELAYED_CANDIDATES]
+            .iter()
+            .chain(&direct[..MAX_DIRECT_CANDIDATES])
+            .copied()
+            .collect();
+        assert_eq!(kept.len(), MAX_CANDIDATES);
+        let mut sent = Vec::new();
+        while let Some((to, _)) = a.selector.poll_transmit(t0) {
+            sent.push(to);
+        }
+        assert_eq!(sent, kept);
+        // A ping on yet another relay channel is answered there, but not learned: the
+        // relayed share is full.
+        b.selector.set_peer(t0, a.id, &[a.public.into()]);
+        let (_, ping) = b.selector.poll_transmit(t0).unwrap();
+        let extra = PathAddr::relayed(relay_addr, 99);
+        assert_eq!(a.selector.handle(t0, extra, &ping), Ok(()));
+        let (to, _) = a.selector.poll_transmit(t0).unwrap();
+        assert_eq!(to, extra);
+        let mut sent = Vec::new();
+        while let Some((to, _)) = a.selector.poll_transmit(t0) {
+            sent.push(to);
+        }
+        assert_eq!(sent, kept);
     }
 }
