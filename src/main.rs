@@ -8,6 +8,7 @@ mod json_api;
 mod local_api;
 mod logging;
 mod netcheck;
+mod relay;
 mod wg;
 
 use std::process::ExitCode;
@@ -45,6 +46,8 @@ enum Command {
     Wg(wg::WgArgs),
     /// Rendezvous server for parties: create, join, members' addresses and endpoints.
     ControlServer(control_server::ControlServerArgs),
+    /// Relay server: forwards WireGuard for members with no direct path to each other.
+    Relay(relay::RelayArgs),
 }
 
 fn main() -> ExitCode {
@@ -58,6 +61,7 @@ fn main() -> ExitCode {
         Command::Netcheck(args) => netcheck::run(args),
         Command::Wg(args) => wg::run(args),
         Command::ControlServer(args) => control_server::run(args),
+        Command::Relay(args) => relay::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -40,7 +40,7 @@ struct Router {
     expect: &'static str,
 }
 
-const ROUTERS: [Router; 5] = [
+const ROUTERS: [Router; 6] = [
     Router {
         name: "cone",
         // Linux keeps the source port and filters by connection tracking.
@@ -68,6 +68,14 @@ const ROUTERS: [Router; 5] = [
         name: "cone2",
         rules: &["-t nat -A POSTROUTING -o wan -j MASQUERADE", HOME_FIREWALL],
         expect: "port-restricted",
+    },
+    Router {
+        name: "symmetric2",
+        rules: &[
+            "-t nat -A POSTROUTING -o wan -j MASQUERADE --random-fully",
+            HOME_FIREWALL,
+        ],
+        expect: "symmetric",
     },
     Router {
         name: "blocked",
@@ -433,6 +441,8 @@ fn cli(ns: &Netns, args: &[&str]) -> Value {
 /// listing once both measured their path.
 struct TwoPlayers {
     first_reply: Duration,
+    /// Join to both sides on a direct path (when one was expected).
+    direct_after: Option<Duration>,
     alice_peers: Value,
     bob_peers: Value,
     logs: String,
@@ -444,16 +454,53 @@ fn party_of_two(alice_home: &str, bob_home: &str) -> TwoPlayers {
     party_of_two_then(alice_home, bob_home, |_, _| {})
 }
 
+/// Relays on the internet: announced address and UDP port.
+const RELAYS: [(&str, &str); 2] = [("198.18.100.20", "3490"), ("198.18.100.21", "3491")];
+
+/// A relay of the lab: its process and log.
+struct LabRelay {
+    addr: String,
+    proc: Option<Proc>,
+    log: std::path::PathBuf,
+}
+
+impl LabRelay {
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Stops it (SIGTERM) and returns its log, which ends with its counters.
+    fn stop(&mut self) -> String {
+        if let Some(proc) = self.proc.take() {
+            let _ = proc.terminate(Duration::from_secs(5));
+        }
+        self.log()
+    }
+}
+
 /// As [`party_of_two`], then runs `then(lab, alice's virtual IP)` while everything still runs.
 fn party_of_two_then(
     alice_home: &str,
     bob_home: &str,
     then: impl FnOnce(&Lab, &str),
 ) -> TwoPlayers {
+    party_with_relays(alice_home, bob_home, 1, true, |lab, ip, _| then(lab, ip))
+}
+
+/// As [`party_of_two_then`], with `relays` relays registered with the control server, which
+/// `then` may stop. With `direct`, both sides must settle on a direct path first.
+fn party_with_relays(
+    alice_home: &str,
+    bob_home: &str,
+    relays: usize,
+    direct: bool,
+    then: impl FnOnce(&Lab, &str, &mut [LabRelay]),
+) -> TwoPlayers {
     let lab = Lab::new();
     lab.internet
         .run(&["ip", "addr", "add", "198.18.100.10/32", "dev", "lo"]);
     let db = lab._dir.path().join("control.db");
+    let secret = lab._dir.path().join("relay.secret");
     let _server = Proc::spawn(
         Some(&lab.internet.name),
         &[
@@ -463,19 +510,77 @@ fn party_of_two_then(
             CONTROL_SERVER,
             "--db",
             &db.to_string_lossy(),
+            "--relay-secret-file",
+            &secret.to_string_lossy(),
         ],
         None,
     );
     let url = format!("http://{CONTROL_SERVER}");
+    wait_until(Duration::from_secs(10), "the relay secret written", || {
+        secret.exists()
+    });
+    let mut lab_relays: Vec<LabRelay> = RELAYS[..relays]
+        .iter()
+        .map(|(ip, port)| {
+            lab.internet
+                .run(&["ip", "addr", "add", &format!("{ip}/32"), "dev", "lo"]);
+            let log = lab._dir.path().join(format!("relay-{ip}.log"));
+            let script = format!("exec \"$@\" 2>'{}'", log.display());
+            let public = format!("{ip}:{port}");
+            let proc = Proc::spawn(
+                Some(&lab.internet.name),
+                &[
+                    "sh",
+                    "-c",
+                    &script,
+                    "sh",
+                    "env",
+                    "RUST_LOG=lanrage=debug",
+                    env!("CARGO_BIN_EXE_lanrage"),
+                    "relay",
+                    "--server",
+                    &url,
+                    "--public-addr",
+                    &public,
+                    "--secret-file",
+                    &secret.to_string_lossy(),
+                    "--port",
+                    port,
+                    "--threads",
+                    "2",
+                ],
+                None,
+            );
+            LabRelay {
+                addr: public,
+                proc: Some(proc),
+                log,
+            }
+        })
+        .collect();
+    for relay in &lab_relays {
+        wait_until(Duration::from_secs(10), "relays registered", || {
+            relay.log().contains("registered with the control server")
+        });
+    }
     let (alice_ns, bob_ns) = (lab.home(alice_home), lab.home(bob_home));
     let (_alice, alice_log) = lab.daemon("alice", alice_ns, &["--server", &url]);
     let (_bob, bob_log) = lab.daemon("bob", bob_ns, &["--server", &url]);
+    let relay_logs: Vec<_> = lab_relays
+        .iter()
+        .map(|r| (r.addr.clone(), r.log.clone()))
+        .collect();
     let logs = || {
-        format!(
+        let mut all = format!(
             "alice:\n{}\nbob:\n{}",
             std::fs::read_to_string(&alice_log).unwrap_or_default(),
             std::fs::read_to_string(&bob_log).unwrap_or_default()
-        )
+        );
+        for (addr, log) in &relay_logs {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            all.push_str(&format!("\nrelay {addr}:\n{text}"));
+        }
+        all
     };
     for ns in [alice_ns, bob_ns] {
         wait_until(
@@ -512,9 +617,26 @@ fn party_of_two_then(
             || cli(ns, &["peers"])[0]["rtt_ms"].is_f64(),
         );
     }
-    then(&lab, &alice_ip);
+    // A relay answers within one round trip, hole punching takes a few: the relayed path
+    // may carry the first packets, and the direct one must replace it soon after.
+    let mut direct_after = None;
+    if direct {
+        wait_until(
+            Duration::from_secs(5),
+            "both sides on a direct path",
+            || {
+                [alice_ns, bob_ns]
+                    .iter()
+                    .all(|ns| cli(ns, &["peers"])[0]["path"] == "direct")
+            },
+        );
+        direct_after = Some(joined_at.elapsed());
+        eprintln!("{alice_home} <-> {bob_home}: join -> both direct {direct_after:?}");
+    }
+    then(&lab, &alice_ip, &mut lab_relays);
     TwoPlayers {
         first_reply,
+        direct_after,
         alice_peers: cli(alice_ns, &["peers"]),
         bob_peers: cli(bob_ns, &["peers"]),
         logs: logs(),
@@ -532,6 +654,8 @@ fn players_behind_two_cone_nats_connect_directly() {
         "{:?}",
         run.first_reply
     );
+    let direct = run.direct_after.unwrap_or_default();
+    assert!(direct < Duration::from_secs(2), "{direct:?}\n{}", run.logs);
     let (a, b) = (&run.alice_peers[0], &run.bob_peers[0]);
     assert_eq!(b["endpoint"], "198.18.1.2:51820", "{b:#}\n{}", run.logs);
     assert_eq!(a["endpoint"], "198.18.4.2:51820", "{a:#}\n{}", run.logs);
@@ -569,6 +693,12 @@ fn a_new_public_address_is_found_and_the_party_reconnects() {
         router.run(&["ip", "route", "add", "default", "via", "198.18.1.1"]);
         let changed = std::time::Instant::now();
         resumed = ping_until_reply(bob, alice_ip, changed, 60, Duration::from_millis(50));
+        // The relay may carry it meanwhile; the direct path comes back once punched again.
+        wait_until(
+            Duration::from_secs(10),
+            "direct again at the new address",
+            || cli(bob, &["peers"])[0]["endpoint"] == "198.18.1.3:51820",
+        );
     });
     let resumed = resumed.unwrap_or_else(|| panic!("never reconnected\n{}", run.logs));
     eprintln!("address change -> ping resumes after {resumed:?}");
@@ -579,4 +709,98 @@ fn a_new_public_address_is_found_and_the_party_reconnects() {
         "{resumed:?}\n{}",
         run.logs
     );
+}
+
+/// Both players behind symmetric NATs: each one's mapping toward the other is new and
+/// unknown, and each NAT drops what the other sends, so no direct path exists. Both bind their
+/// session at the relay (which learns the mappings toward itself), and the tunnel runs
+/// through it.
+#[test]
+fn two_symmetric_nats_connect_through_a_relay() {
+    let run = party_with_relays("symmetric", "symmetric2", 1, false, |_, _, _| {});
+    let relay = format!("{}:{}", RELAYS[0].0, RELAYS[0].1);
+    for p in [&run.alice_peers[0], &run.bob_peers[0]] {
+        assert_eq!(p["path"], "relayed", "{p:#}\n{}", run.logs);
+        assert_eq!(p["endpoint"], relay.as_str(), "{p:#}\n{}", run.logs);
+    }
+    assert!(
+        run.first_reply < Duration::from_secs(3),
+        "{:?}\n{}",
+        run.first_reply,
+        run.logs
+    );
+}
+
+/// Two relays; the one in use dies mid-party. Its sessions' probes go unanswered, the path
+/// selector takes the other relay's path (bound and measured all along), and ping resumes.
+/// Meanwhile garbage and forged frames sent to the surviving relay are dropped and counted.
+#[test]
+fn a_dead_relay_is_left_for_another_and_strangers_are_refused() {
+    let mut resumed = None;
+    let mut counters = String::new();
+    let run = party_with_relays(
+        "symmetric",
+        "symmetric2",
+        2,
+        false,
+        |lab, alice_ip, relays| {
+            let bob = lab.home("symmetric2");
+            let in_use = cli(bob, &["peers"])[0]["endpoint"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            let (dead, alive): (Vec<_>, Vec<_>) = relays.iter_mut().partition(|r| r.addr == in_use);
+            let [dead] =
+                <[_; 1]>::try_from(dead).unwrap_or_else(|_| panic!("no relay in use: {in_use}"));
+            let killed = std::time::Instant::now();
+            dead.proc.take();
+            resumed = ping_until_reply(bob, alice_ip, killed, 100, Duration::from_millis(50));
+            let now_via = cli(bob, &["peers"])[0]["endpoint"].clone();
+            assert_eq!(
+                now_via,
+                alive[0].addr.as_str(),
+                "bob moved to the other relay"
+            );
+            // A stranger on the internet: a frame that is no relay frame, one on a channel nobody
+            // holds, and a forged bind.
+            let survivor = &alive[0];
+            let (ip, port) = survivor.addr.split_once(':').unwrap_or_default();
+            let public = lab.home("public");
+            for payload in [
+                "hello relay",
+                "LRrd\\x01\\x02\\x03\\x04junk",
+                "LRrb\\x01forged-bind",
+            ] {
+                public.run(&[
+                    "bash",
+                    "-c",
+                    &format!("printf '{payload}' > /dev/udp/{ip}/{port}"),
+                ]);
+            }
+            std::thread::sleep(Duration::from_millis(200));
+            counters = alive
+                .into_iter()
+                .next()
+                .map(LabRelay::stop)
+                .unwrap_or_default();
+        },
+    );
+    let resumed = resumed.unwrap_or_else(|| panic!("never resumed\n{}", run.logs));
+    eprintln!("relay killed -> ping resumes after {resumed:?}");
+    assert!(
+        resumed < Duration::from_secs(5),
+        "{resumed:?}\n{}",
+        run.logs
+    );
+    for p in [&run.alice_peers[0], &run.bob_peers[0]] {
+        assert_eq!(p["path"], "relayed", "{p:#}\n{}", run.logs);
+    }
+    let last = counters
+        .lines()
+        .rev()
+        .find(|l| l.contains("relay counters"))
+        .unwrap_or_else(|| panic!("no counters in the relay's log:\n{counters}"));
+    for reason in ["not_relay_frame=", "unknown_channel=", "bind_malformed="] {
+        assert!(last.contains(reason), "{reason} missing: {last}");
+    }
 }

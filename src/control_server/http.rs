@@ -15,7 +15,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use lanrage_control::peer_id::PeerId;
 use lanrage_control::server_api::{
-    ChallengeRequest, CreateParty, Heartbeat, JoinParty, TokenRequest,
+    ChallengeRequest, CreateParty, Heartbeat, JoinParty, RelayRegistration, TokenRequest,
 };
 
 use super::state::{ApiError, ServerState};
@@ -40,6 +40,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/party", get(party))
         .route("/v1/heartbeat", post(heartbeat))
         .route("/v1/events", get(events))
+        .route("/v1/relays", get(relays).post(register_relay))
         .fallback(|| async { error_response(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
@@ -160,6 +161,18 @@ async fn heartbeat(
     Body(beat): Body<Heartbeat>,
 ) -> Result<Response, ApiError> {
     state.heartbeat(peer, beat)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn relays(State(state): State<AppState>, Caller(peer): Caller) -> Result<Response, ApiError> {
+    Ok(Json(state.relays(peer)?).into_response())
+}
+
+async fn register_relay(
+    State(state): State<AppState>,
+    Body(registration): Body<RelayRegistration>,
+) -> Result<Response, ApiError> {
+    state.register_relay(&registration)?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

@@ -5,6 +5,7 @@
 //! and the random numbers. See `lanrage_control::server_api` for the wire format.
 
 mod http;
+mod relays;
 mod state;
 
 use std::net::SocketAddr;
@@ -44,6 +45,10 @@ pub struct ControlServerArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = 300,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub stale_after: u64,
+    /// The secret shared with relays (64 hex digits; created if missing). Relays started
+    /// with the same file may register; without it, this server offers no relays.
+    #[arg(long, value_name = "PATH")]
+    pub relay_secret_file: Option<PathBuf>,
 }
 
 pub fn run(args: ControlServerArgs) -> Result<()> {
@@ -58,7 +63,12 @@ pub fn run(args: ControlServerArgs) -> Result<()> {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create the directory of {}", args.db.display()))?;
     }
-    let state = ServerState::open(&args.db, config)?;
+    let relay_secret = args
+        .relay_secret_file
+        .as_deref()
+        .map(crate::relay::secret::load_or_create)
+        .transpose()?;
+    let state = ServerState::open(&args.db, config, relay_secret)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

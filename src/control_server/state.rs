@@ -16,11 +16,14 @@ use lanrage_control::party::rate_limit::JoinLimiter;
 use lanrage_control::party::store::PartyStore;
 use lanrage_control::party::{PartyError, Registry, RegistryConfig};
 use lanrage_control::peer_id::PeerId;
+use lanrage_control::relay::RelaySecret;
 use lanrage_control::server_api::{
-    ChallengeResponse, CreateParty, EventJson, Heartbeat, JoinParty, PartyJson, TokenRequest,
-    TokenResponse,
+    ChallengeResponse, CreateParty, EventJson, Heartbeat, JoinParty, PartyJson, RelayRegistration,
+    RelaysJson, TokenRequest, TokenResponse,
 };
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+
+use super::relays::RelayDirectory;
 
 /// Join attempts per client address: a burst, then a steady rate. With 80-bit codes this makes
 /// guessing hopeless while a player who mistypes a code a few times is not locked out.
@@ -75,6 +78,7 @@ impl From<AuthError> for ApiError {
 pub struct ServerState {
     auth: ServerAuth,
     inner: Mutex<Inner>,
+    relays: RelayDirectory,
 }
 
 struct Inner {
@@ -86,7 +90,11 @@ struct Inner {
 
 impl ServerState {
     /// Opens the database and brings back every stored party.
-    pub fn open(db: &Path, config: RegistryConfig) -> Result<Self> {
+    pub fn open(
+        db: &Path,
+        config: RegistryConfig,
+        relay_secret: Option<RelaySecret>,
+    ) -> Result<Self> {
         let mut store = PartyStore::open(db)
             .with_context(|| format!("cannot open the party database {}", db.display()))?;
         let mut registry = Registry::new(config).context("invalid party settings")?;
@@ -116,6 +124,7 @@ impl ServerState {
                 limiter: JoinLimiter::new(JOIN_BURST, JOINS_PER_MINUTE, LIMITER_KEYS),
                 subscribers: HashMap::new(),
             }),
+            relays: RelayDirectory::new(relay_secret),
         })
     }
 
@@ -224,6 +233,22 @@ impl ServerState {
             .party_of(peer)
             .ok_or(PartyError::NotInParty)?;
         Ok(PartyJson::from(&view))
+    }
+
+    pub fn register_relay(&self, registration: &RelayRegistration) -> Result<(), ApiError> {
+        let new = self
+            .relays
+            .register(registration, Instant::now(), unix_now())?;
+        if new {
+            tracing::info!(relay = %registration.addr, "relay registered");
+        }
+        Ok(())
+    }
+
+    /// The live relays with `peer`'s grants for the other members of its party.
+    pub fn relays(&self, peer: PeerId) -> Result<RelaysJson, ApiError> {
+        let party = self.party(peer)?;
+        Ok(self.relays.grants(&party, peer, Instant::now(), unix_now()))
     }
 
     /// A stream of `peer`'s events, starting with a snapshot of its party.

@@ -1,6 +1,7 @@
 //! The control thread: owns the party membership and the connection to the control server,
 //! answers the local API, and turns membership actions into engine and interface changes.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::OpenOptionsExt;
@@ -14,12 +15,17 @@ use lanrage_control::nat::NatType;
 use lanrage_control::party::code::PartyCode;
 use lanrage_control::party::local::LocalParty;
 use lanrage_control::party::membership::{Action, Input, Membership};
-use lanrage_control::path::frame;
 use lanrage_control::path::selector::{PathEvent, PathSelector};
+use lanrage_control::path::{PathAddr, frame};
 use lanrage_control::peer_id::PeerId;
+use lanrage_control::relay::RelayClient;
+use lanrage_control::relay::frame::is_relay_control;
 use lanrage_control::server_api::{EventJson, PartyJson};
 use lanrage_engine::io::tun::TunAddresses;
-use lanrage_engine::{DeviceUpdate, EngineHandle, Event as EngineEvent, PeerUpdate, Prefix};
+use lanrage_engine::wire::{RELAY_HEADER_LEN, write_relay_header};
+use lanrage_engine::{
+    DeviceUpdate, Endpoint, EngineHandle, Event as EngineEvent, PeerUpdate, Prefix,
+};
 
 use super::local_link::LocalLink;
 use super::nat_check::NatCheck;
@@ -32,6 +38,11 @@ const KEEPALIVE_SECS: u16 = 25;
 const IDLE_WAKE: Duration = Duration::from_secs(1);
 /// How often local addresses are looked at (a laptop moves between networks).
 const ADDRESS_CHECK: Duration = Duration::from_secs(10);
+/// How often the relays and our grants for them are fetched again: relays come and go, and
+/// grants last an hour.
+const GRANTS_REFRESH: Duration = Duration::from_secs(30);
+/// After a failed fetch of relays.
+const GRANTS_RETRY: Duration = Duration::from_secs(5);
 
 /// An answer for the local API: a value, or an HTTP status and message.
 pub type Reply<T> = tokio::sync::oneshot::Sender<Result<T, (u16, String)>>;
@@ -72,6 +83,11 @@ struct State {
     lan_tx: Sender<(SocketAddr, Vec<u8>)>,
     nat: NatCheck,
     paths: PathSelector,
+    relays: RelayClient,
+    /// Each peer's advertised addresses, and the relayed paths last given to the selector.
+    candidates: HashMap<PeerId, (Vec<SocketAddr>, Vec<PathAddr>)>,
+    /// When to fetch relays and grants next (`None`: no control server, or not in a party).
+    next_grants: Option<Instant>,
 }
 
 impl ControlThread {
@@ -93,6 +109,9 @@ impl ControlThread {
             lan_tx,
             nat,
             paths,
+            relays: RelayClient::new(unix_micros()),
+            candidates: HashMap::new(),
+            next_grants: None,
         };
         state.resume();
         let mut next_address_check = Instant::now();
@@ -106,6 +125,8 @@ impl ControlThread {
                 state.local.as_ref().map(|(party, _)| party.next_timeout()),
                 state.nat.next_timeout(),
                 state.paths.poll_timeout(),
+                state.relays.poll_timeout(),
+                state.next_grants,
             ]
             .into_iter()
             .flatten()
@@ -139,8 +160,13 @@ impl ControlThread {
                         tracing::debug!(peer = %PeerId(public_key), "handshake completed");
                     }
                     Ok(EngineEvent::Datagram { from, data }) => {
-                        if frame::is_probe(&data) {
-                            if let Err(why) = state.paths.handle(Instant::now(), from, &data) {
+                        if is_relay_control(&data) && from.relay_channel.is_none() {
+                            if let Err(why) = state.relays.handle(Instant::now(), from.addr, &data) {
+                                tracing::debug!(%from, ?why, "relay answer refused");
+                            }
+                        } else if frame::is_probe(&data) {
+                            let path = path_addr(from);
+                            if let Err(why) = state.paths.handle(Instant::now(), path, &data) {
                                 tracing::debug!(%from, ?why, "path probe refused");
                             }
                         } else if !state.nat.datagram(Instant::now(), &data) {
@@ -160,6 +186,7 @@ impl ControlThread {
             if state.nat.poll(Instant::now(), &state.cfg.engine).is_some() {
                 state.check_reachability();
             }
+            state.relay_timers();
             state.path_timers();
         }
         if let Some((mut party, link)) = state.local.take() {
@@ -302,8 +329,14 @@ impl State {
     /// path.
     fn path_timers(&mut self) {
         let now = Instant::now();
-        while let Some((to, datagram)) = self.paths.poll_transmit(now) {
-            if self.cfg.engine.send_datagram(to, datagram).is_err() {
+        while let Some((to, mut datagram)) = self.paths.poll_transmit(now) {
+            if let Some(channel) = to.relay_channel {
+                let mut framed = vec![0; RELAY_HEADER_LEN];
+                write_relay_header(&mut framed, channel);
+                framed.append(&mut datagram);
+                datagram = framed;
+            }
+            if self.cfg.engine.send_datagram(to.addr, datagram).is_err() {
                 tracing::debug!(%to, "engine gone; path probe not sent");
             }
         }
@@ -316,7 +349,7 @@ impl State {
                 } => {
                     tracing::info!(%peer, %endpoint, rtt_ms = rtt.as_secs_f64() * 1e3, "path chosen");
                     let mut update = PeerUpdate::new(peer.0);
-                    update.endpoint = Some(endpoint);
+                    update.endpoint = Some(engine_endpoint(endpoint));
                     self.engine_update(update);
                 }
                 PathEvent::Lost { peer } => {
@@ -324,6 +357,86 @@ impl State {
                     // If our NAT rebound us to a new port, the party must hear of it.
                     self.nat.recheck();
                 }
+            }
+        }
+    }
+
+    /// Gives the selector every path to `peer`: its advertised addresses, then the relayed
+    /// paths bound for it.
+    fn set_candidates(&mut self, now: Instant, peer: PeerId) {
+        let Some((direct, relayed)) = self.candidates.get(&peer) else {
+            return;
+        };
+        let all: Vec<PathAddr> = direct
+            .iter()
+            .copied()
+            .map(PathAddr::direct)
+            .chain(relayed.iter().copied())
+            .collect();
+        self.paths.set_peer(now, peer, &all);
+    }
+
+    /// Fetches relays and grants when due, sends the binds due, and hands the selector the
+    /// relayed paths that came or went.
+    fn relay_timers(&mut self) {
+        let now = Instant::now();
+        if self.next_grants.is_some_and(|at| at <= now) {
+            self.fetch_grants(now);
+        }
+        while let Some((relay, bind)) = self.relays.poll_transmit(now) {
+            if self.cfg.engine.send_datagram(relay, bind).is_err() {
+                tracing::debug!(%relay, "engine gone; relay bind not sent");
+            }
+        }
+        let changed: Vec<PeerId> = self
+            .candidates
+            .iter_mut()
+            .filter_map(|(peer, (_, relayed))| {
+                let now_paths = self.relays.paths(peer, now);
+                (now_paths != *relayed).then(|| {
+                    *relayed = now_paths;
+                    *peer
+                })
+            })
+            .collect();
+        for peer in changed {
+            tracing::debug!(%peer, "relayed paths changed");
+            self.set_candidates(now, peer);
+        }
+    }
+
+    fn fetch_grants(&mut self, now: Instant) {
+        let Some(client) = &mut self.cfg.client else {
+            self.next_grants = None;
+            return;
+        };
+        if self.membership.party().is_none() {
+            self.next_grants = None;
+            return;
+        }
+        match client.relays() {
+            Ok(list) => {
+                let grants: Vec<_> = list
+                    .relays
+                    .iter()
+                    .flat_map(|relay| {
+                        relay
+                            .grants
+                            .iter()
+                            .filter_map(move |g| Some((g.peer, relay.addr, g.to_grant()?)))
+                    })
+                    .collect();
+                tracing::debug!(
+                    relays = list.relays.len(),
+                    grants = grants.len(),
+                    "relay grants fetched"
+                );
+                self.relays.set_grants(now, &grants);
+                self.next_grants = Some(now + GRANTS_REFRESH);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot fetch relays; trying again shortly");
+                self.next_grants = Some(now + GRANTS_RETRY);
             }
         }
     }
@@ -360,14 +473,21 @@ impl State {
                     endpoints,
                 } => {
                     let now = Instant::now();
-                    self.paths.set_peer(now, peer, &endpoints);
+                    if !self.candidates.contains_key(&peer) && self.cfg.client.is_some() {
+                        // A new member: grants for it come with a fresh fetch.
+                        self.next_grants = Some(now);
+                    }
+                    let relayed = self.relays.paths(&peer, now);
+                    self.candidates
+                        .insert(peer, (endpoints.clone(), relayed.clone()));
+                    self.set_candidates(now, peer);
                     let mut update = PeerUpdate::new(peer.0);
                     // The path probing chose, else the peer's first candidate until it does.
                     update.endpoint = self
                         .paths
                         .path(&peer, now)
-                        .map(|(endpoint, _)| endpoint)
-                        .or_else(|| endpoints.first().copied());
+                        .map(|(endpoint, _)| engine_endpoint(endpoint))
+                        .or_else(|| endpoints.first().copied().map(Endpoint::direct));
                     update.persistent_keepalive = Some(KEEPALIVE_SECS);
                     update.replace_allowed_ips = true;
                     update.allowed_ips = vec![Prefix {
@@ -378,6 +498,8 @@ impl State {
                 }
                 Action::RemovePeer(peer) => {
                     self.paths.remove_peer(&peer);
+                    self.relays.remove_peer(&peer);
+                    self.candidates.remove(&peer);
                     let mut update = PeerUpdate::new(peer.0);
                     update.remove = true;
                     self.engine_update(update);
@@ -564,7 +686,7 @@ impl State {
                     name: m.name.clone(),
                     public_key: m.peer.to_string(),
                     virtual_ip: m.virtual_ip,
-                    endpoint: live.and_then(|p| p.endpoint),
+                    endpoint: live.and_then(|p| p.endpoint).map(|e| e.addr),
                     handshake_age_secs: live
                         .and_then(|p| p.last_handshake)
                         .and_then(|t| SystemTime::now().duration_since(t).ok())
@@ -572,10 +694,10 @@ impl State {
                     rx_bytes: live.map_or(0, |p| p.rx_bytes),
                     tx_bytes: live.map_or(0, |p| p.tx_bytes),
                     rtt_ms: path.map(|(_, rtt)| rtt.as_secs_f64() * 1e3),
-                    path: if path.is_some() {
-                        "direct"
-                    } else {
-                        "searching"
+                    path: match path {
+                        Some((endpoint, _)) if endpoint.is_relayed() => "relayed",
+                        Some(_) => "direct",
+                        None => "searching",
                     }
                     .to_owned(),
                     path_losses: self.paths.losses(&m.peer),
@@ -583,6 +705,30 @@ impl State {
             })
             .collect()
     }
+}
+
+/// The path a datagram from the engine came on: straight from an address, or through a relay
+/// channel (the engine strips the relay header).
+fn path_addr(from: Endpoint) -> PathAddr {
+    PathAddr {
+        addr: from.addr,
+        relay_channel: from.relay_channel,
+    }
+}
+
+/// Where the engine sends a peer's WireGuard traffic for a chosen path.
+fn engine_endpoint(path: PathAddr) -> Endpoint {
+    Endpoint {
+        addr: path.addr,
+        relay_channel: path.relay_channel,
+    }
+}
+
+/// The wall clock in microseconds: relay bind counters start above any used before.
+fn unix_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 /// Writes a secret (the local party's code) readable by its owner only, replacing it whole.

@@ -10,7 +10,7 @@ use lanrage_control::auth::{self, Challenge};
 use lanrage_control::peer_id::PeerId;
 use lanrage_control::server_api::{
     ChallengeRequest, ChallengeResponse, CreateParty, EventJson, Heartbeat, JoinParty, PartyJson,
-    TokenRequest, TokenResponse,
+    RelaysJson, TokenRequest, TokenResponse,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -107,6 +107,11 @@ impl ServerClient {
                 .map(drop),
             other => other.map(drop),
         }
+    }
+
+    /// The relays that are up, with our grants for the other members of our party.
+    pub fn relays(&mut self) -> Result<RelaysJson, CallError> {
+        self.call::<(), RelaysJson>("GET", "/v1/relays", None)
     }
 
     /// Opens the event stream and reads it on a new thread, forwarding each event to `events`

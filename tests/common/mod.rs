@@ -294,6 +294,12 @@ impl Proc {
         Ok(out)
     }
 
+    /// Asks the process to stop (SIGTERM to its group) and waits at most `timeout` for it.
+    pub fn terminate(self, timeout: Duration) -> Result<Output, String> {
+        signal(-(self.child.id() as i32), SIGTERM);
+        self.wait_timeout(timeout)
+    }
+
     /// Waits (bounded) and panics unless the command succeeded; returns its stdout.
     pub fn check(self, timeout: Duration) -> String {
         let desc = self.desc.clone();
