@@ -35,6 +35,7 @@ PACKAGES=(
     iputils-ping      # ping
     iptables          # NAT lab (MASQUERADE in a router namespace)
     coturn            # NAT lab: STUN server on two addresses (RFC 5780)
+    conntrack         # NAT lab: flush a router's mappings (NAT rebinding)
     netcat-openbsd    # nc: UDP/TCP probes in tests
     jq                # JSON from iperf3 and bench results
     bc                # arithmetic in the scripts

@@ -804,3 +804,40 @@ fn a_dead_relay_is_left_for_another_and_strangers_are_refused() {
         assert!(last.contains(reason), "{reason} missing: {last}");
     }
 }
+
+/// NAT rebinding: Alice's router (symmetric) forgets its mappings mid-party, so her next
+/// datagrams leave from a new external port. Bob's side (full cone) hears her probes and
+/// WireGuard from the new port: the probes become a candidate, WireGuard roams, and traffic
+/// resumes.
+#[test]
+fn a_rebound_nat_port_is_followed() {
+    let mut resumed = None;
+    let mut ports = (String::new(), String::new());
+    let run = party_of_two_then("symmetric", "forwarded", |lab, alice_ip| {
+        let router = &lab._routers[1];
+        let bob = lab.home("forwarded");
+        ports.0 = cli(bob, &["peers"])[0]["endpoint"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        router.run(&["conntrack", "-F"]);
+        let flushed = std::time::Instant::now();
+        resumed = ping_until_reply(bob, alice_ip, flushed, 60, Duration::from_millis(50));
+        wait_until(Duration::from_secs(5), "bob on alice's new mapping", || {
+            let now = cli(bob, &["peers"])[0]["endpoint"].clone();
+            ports.1 = now.as_str().unwrap_or_default().to_owned();
+            ports.1 != ports.0 && ports.1.starts_with("198.18.2.2:")
+        });
+    });
+    let resumed = resumed.unwrap_or_else(|| panic!("never resumed\n{}", run.logs));
+    eprintln!(
+        "conntrack flushed ({} -> {}) -> ping resumes after {resumed:?}",
+        ports.0, ports.1
+    );
+    assert!(
+        resumed < Duration::from_secs(5),
+        "{resumed:?}\n{}",
+        run.logs
+    );
+    assert_eq!(run.bob_peers[0]["path"], "direct", "{}", run.logs);
+}
