@@ -129,6 +129,16 @@ fn print_status(s: &Status) {
         ),
         None => println!("NAT:        not checked yet"),
     }
+    for r in &s.relays {
+        println!(
+            "relay:      {} for {}: {}{}",
+            r.relay,
+            r.peer,
+            if r.ready { "ready" } else { "binding" },
+            r.rtt_ms
+                .map_or_else(String::new, |ms| format!(", {ms:.1} ms away"))
+        );
+    }
     if !s.peers.is_empty() {
         println!();
         print_peers(&s.peers);
@@ -146,8 +156,8 @@ fn print_peers(peers: &[PeerInfo]) {
         return;
     }
     println!(
-        "{:<20} {:<15} {:<22} {:>9} {:>10} {:>12} {:>12}",
-        "NAME", "VIRTUAL IP", "ENDPOINT", "RTT", "HANDSHAKE", "RECEIVED", "SENT"
+        "{:<20} {:<15} {:<8} {:<22} {:>9} {:>10} {:>12} {:>12}",
+        "NAME", "VIRTUAL IP", "PATH", "ENDPOINT", "RTT", "HANDSHAKE", "RECEIVED", "SENT"
     );
     for p in peers {
         let endpoint = p.endpoint.map_or_else(|| "-".into(), |e| e.to_string());
@@ -156,11 +166,12 @@ fn print_peers(peers: &[PeerInfo]) {
             .map_or_else(|| "never".into(), |s| format!("{s} s ago"));
         let rtt = p
             .rtt_ms
-            .map_or_else(|| p.path.clone(), |ms| format!("{ms:.1} ms"));
+            .map_or_else(|| "-".into(), |ms| format!("{ms:.1} ms"));
         println!(
-            "{:<20} {:<15} {:<22} {:>9} {:>10} {:>12} {:>12}",
+            "{:<20} {:<15} {:<8} {:<22} {:>9} {:>10} {:>12} {:>12}",
             p.name,
             p.virtual_ip,
+            p.path,
             endpoint,
             rtt,
             handshake,

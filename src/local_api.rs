@@ -35,6 +35,20 @@ pub struct Status {
     /// The last NAT check from the WireGuard port; absent until one has finished.
     #[serde(default)]
     pub nat: Option<NatSummary>,
+    /// Our sessions at relays, one per relay and peer.
+    #[serde(default)]
+    pub relays: Vec<RelaySummary>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RelaySummary {
+    pub relay: SocketAddr,
+    /// The peer's name in the party.
+    pub peer: String,
+    /// Bound at the relay, with the peer bound too: the relayed path can carry traffic.
+    pub ready: bool,
+    /// Round trip of the last bind to the relay, in milliseconds.
+    pub rtt_ms: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -69,7 +83,8 @@ pub struct PeerInfo {
     /// Round trip of the path chosen by probing, in milliseconds; absent while none answers.
     #[serde(default)]
     pub rtt_ms: Option<f64>,
-    /// `direct` once probing found a path, `searching` until then.
+    /// `direct` or `relayed` once probing found a path, `searching` until then (the relay
+    /// is then `endpoint`).
     #[serde(default)]
     pub path: String,
     /// Times the path went silent and had to be found again.

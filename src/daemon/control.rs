@@ -30,7 +30,7 @@ use lanrage_engine::{
 use super::local_link::LocalLink;
 use super::nat_check::NatCheck;
 use super::server_client::{CallError, ServerClient};
-use crate::local_api::{NatSummary, PartySummary, PeerInfo, Status};
+use crate::local_api::{NatSummary, PartySummary, PeerInfo, RelaySummary, Status};
 
 /// WireGuard keepalive toward party members: keeps NAT mappings open between game packets.
 const KEEPALIVE_SECS: u16 = 25;
@@ -665,7 +665,33 @@ impl State {
                 mapping_varies: report.facts.mapping_varies(),
                 checked_secs_ago: at.elapsed().as_secs(),
             }),
+            relays: self.relay_summary(),
         }
+    }
+
+    fn relay_summary(&self) -> Vec<RelaySummary> {
+        let names: HashMap<PeerId, &str> = self
+            .membership
+            .party()
+            .map(|p| {
+                p.members
+                    .iter()
+                    .map(|m| (m.peer, m.name.as_str()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.relays
+            .status(Instant::now())
+            .into_iter()
+            .map(|s| RelaySummary {
+                relay: s.relay,
+                peer: names
+                    .get(&s.peer)
+                    .map_or_else(|| s.peer.to_string(), |n| (*n).to_owned()),
+                ready: s.peer_bound,
+                rtt_ms: s.rtt.map(|d| d.as_secs_f64() * 1e3),
+            })
+            .collect()
     }
 
     fn peers(&self) -> Vec<PeerInfo> {
