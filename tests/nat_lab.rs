@@ -841,3 +841,19 @@ fn a_rebound_nat_port_is_followed() {
     );
     assert_eq!(run.bob_peers[0]["path"], "direct", "{}", run.logs);
 }
+
+/// A port-restricted cone and a symmetric NAT: the symmetric side's mapping toward the cone is
+/// unknown and the cone admits only what answers its own sends, so punching usually fails;
+/// the party works anyway, directly if the punch got through, else through the relay.
+#[test]
+fn a_port_restricted_cone_and_a_symmetric_nat_connect_one_way_or_the_other() {
+    let run = party_with_relays("cone", "symmetric", 1, false, |_, _, _| {});
+    for p in [&run.alice_peers[0], &run.bob_peers[0]] {
+        let path = p["path"].as_str().unwrap_or_default();
+        assert!(path == "direct" || path == "relayed", "{p:#}\n{}", run.logs);
+    }
+    eprintln!(
+        "cone <-> symmetric: {} / {}",
+        run.alice_peers[0]["path"], run.bob_peers[0]["path"]
+    );
+}
