@@ -113,3 +113,106 @@ impl RelayDirectory {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lanrage_control::nat::NatType;
+    use lanrage_control::server_api::MemberJson;
+
+    fn registration(secret: &RelaySecret, addr: &str, unix_time: u64) -> RelayRegistration {
+        let addr: SocketAddr = addr.parse().unwrap();
+        RelayRegistration {
+            addr,
+            unix_time,
+            mac: hex::encode(secret.registration_mac(&addr.to_string(), unix_time)),
+        }
+    }
+
+    fn party(members: &[u8]) -> PartyJson {
+        PartyJson {
+            id: 7,
+            name: "lan".into(),
+            code: "AAAA-AAAA-AAAA-AAAA".into(),
+            subnet: "10.66.0.0/16".into(),
+            members: members
+                .iter()
+                .map(|&k| MemberJson {
+                    peer: PeerId([k; 32]),
+                    name: format!("m{k}"),
+                    virtual_ip: [10, 66, 0, k].into(),
+                    endpoints: Vec::new(),
+                    nat: NatType::Unknown,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn relays_that_prove_the_secret_are_offered_until_they_fall_silent() {
+        let secret = RelaySecret::new([4; 32]);
+        let dir = RelayDirectory::new(Some(secret.clone()));
+        let t = Instant::now();
+        assert_eq!(
+            dir.register(&registration(&secret, "203.0.113.5:3479", 1000), t, 1010)
+                .ok(),
+            Some(true)
+        );
+        assert_eq!(
+            dir.register(&registration(&secret, "203.0.113.5:3479", 1011), t, 1011)
+                .ok(),
+            Some(false)
+        );
+        // Wrong secret, stale clock, unreachable address: refused with a reason.
+        let other = RelaySecret::new([5; 32]);
+        let e = dir
+            .register(&registration(&other, "203.0.113.6:3479", 1000), t, 1000)
+            .unwrap_err();
+        assert_eq!(e.status, StatusCode::UNAUTHORIZED);
+        let e = dir
+            .register(&registration(&secret, "203.0.113.6:3479", 800), t, 1000)
+            .unwrap_err();
+        assert_eq!(e.status, StatusCode::UNAUTHORIZED);
+        let e = dir
+            .register(&registration(&secret, "0.0.0.0:3479", 1000), t, 1000)
+            .unwrap_err();
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+
+        let me = PeerId([1; 32]);
+        let offered = dir.grants(&party(&[1, 2, 3]), me, t, 1000);
+        assert_eq!(offered.relays.len(), 1);
+        let grants = &offered.relays[0].grants;
+        assert_eq!(grants.len(), 2, "one per other member");
+        for g in grants {
+            let grant = g.to_grant().unwrap();
+            assert_eq!(
+                grant,
+                secret.grant(7, &me, &g.peer, 1000 + GRANT_LIFETIME_SECS)
+            );
+        }
+        assert!(
+            dir.grants(&party(&[1, 2]), me, t + RELAY_TTL, 1000)
+                .relays
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn without_a_secret_no_relay_registers_and_none_is_offered() {
+        let dir = RelayDirectory::new(None);
+        let secret = RelaySecret::new([4; 32]);
+        let e = dir
+            .register(
+                &registration(&secret, "203.0.113.5:3479", 1000),
+                Instant::now(),
+                1000,
+            )
+            .unwrap_err();
+        assert_eq!(e.status, StatusCode::FORBIDDEN);
+        assert!(
+            dir.grants(&party(&[1, 2]), PeerId([1; 32]), Instant::now(), 1000)
+                .relays
+                .is_empty()
+        );
+    }
+}
