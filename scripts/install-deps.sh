@@ -36,6 +36,9 @@ PACKAGES=(
     iptables          # NAT lab (MASQUERADE in a router namespace)
     coturn            # NAT lab: STUN server on two addresses (RFC 5780)
     conntrack         # NAT lab: flush a router's mappings (NAT rebinding)
+    miniupnpd         # NAT lab: a router offering PCP, NAT-PMP and UPnP IGD (port mapping)
+    miniupnpd-nftables # its nftables backend (named: apt would otherwise pick either)
+    nftables          # nft: the chains miniupnpd adds its rules to
     netcat-openbsd    # nc: UDP/TCP probes in tests
     jq                # JSON from iperf3 and bench results
     bc                # arithmetic in the scripts
@@ -68,6 +71,11 @@ if ((${#missing[@]})); then
     rm -f "$apt_log"
 else
     log "Debian packages: all ${#PACKAGES[@]} present"
+fi
+
+# The NAT lab runs miniupnpd inside a router namespace only: none on this machine's own network.
+if command -v systemctl >/dev/null && systemctl is-enabled miniupnpd >/dev/null 2>&1; then
+    systemctl disable --now miniupnpd >/dev/null 2>&1 || true
 fi
 
 if ((BENCH)); then

@@ -129,6 +129,10 @@ fn print_status(s: &Status) {
         ),
         None => println!("NAT:        not checked yet"),
     }
+    match &s.port_mapping {
+        Some(m) => println!("port map:   {m} (the router forwards it to us)"),
+        None => println!("port map:   none (the router offers none, or --no-port-mapping)"),
+    }
     for r in &s.relays {
         println!(
             "relay:      {} for {}: {}{}",

@@ -38,6 +38,10 @@ pub struct Status {
     /// Our sessions at relays, one per relay and peer.
     #[serde(default)]
     pub relays: Vec<RelaySummary>,
+    /// The port the router forwards to our WireGuard port, and how it was asked, e.g.
+    /// `198.18.7.2:51820 via NAT-PMP`; absent without one.
+    #[serde(default)]
+    pub port_mapping: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

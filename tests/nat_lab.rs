@@ -2,7 +2,8 @@
 //! `lanrage netcheck` must name what each router was configured as, measured against coturn
 //! (a STUN server nobody here wrote) listening on two addresses of an "internet" namespace, so
 //! that it supports RFC 5780's CHANGE-REQUEST. Needs root, `ip`, `iptables` and `turnserver`
-//! (Debian's coturn).
+//! (Debian's coturn); the "upnp" router runs `miniupnpd` (Debian's miniupnpd with its nftables
+//! backend, miniupnpd-nftables) and needs `nft`.
 //!
 //! ```text
 //!                      internet (coturn on 198.18.100.1 and .2, ports 3478 and 3479)
@@ -12,6 +13,9 @@
 //!        │          fully)    all UDP)        │
 //!      home         home        home         home
 //! ```
+//!
+//! and "upnp": symmetric like "symmetric", with miniupnpd offering PCP, NAT-PMP and UPnP IGD
+//! to its home.
 
 #![cfg(target_os = "linux")]
 
@@ -38,14 +42,17 @@ struct Router {
     /// iptables rules in the router's namespace (`{wan}`/`{home}` replaced).
     rules: &'static [&'static str],
     expect: &'static str,
+    /// Runs miniupnpd (PCP, NAT-PMP, UPnP IGD) for its home.
+    miniupnpd: bool,
 }
 
-const ROUTERS: [Router; 6] = [
+const ROUTERS: [Router; 7] = [
     Router {
         name: "cone",
         // Linux keeps the source port and filters by connection tracking.
         rules: &["-t nat -A POSTROUTING -o wan -j MASQUERADE", HOME_FIREWALL],
         expect: "port-restricted",
+        miniupnpd: false,
     },
     Router {
         name: "symmetric",
@@ -54,6 +61,7 @@ const ROUTERS: [Router; 6] = [
             HOME_FIREWALL,
         ],
         expect: "symmetric",
+        miniupnpd: false,
     },
     Router {
         name: "forwarded",
@@ -63,11 +71,13 @@ const ROUTERS: [Router; 6] = [
             "-t nat -A PREROUTING -i wan -p udp -j DNAT --to-destination {home}",
         ],
         expect: "full-cone",
+        miniupnpd: false,
     },
     Router {
         name: "cone2",
         rules: &["-t nat -A POSTROUTING -o wan -j MASQUERADE", HOME_FIREWALL],
         expect: "port-restricted",
+        miniupnpd: false,
     },
     Router {
         name: "symmetric2",
@@ -76,6 +86,7 @@ const ROUTERS: [Router; 6] = [
             HOME_FIREWALL,
         ],
         expect: "symmetric",
+        miniupnpd: false,
     },
     Router {
         name: "blocked",
@@ -84,11 +95,65 @@ const ROUTERS: [Router; 6] = [
             "-A FORWARD -p udp -j DROP",
         ],
         expect: "udp-blocked",
+        miniupnpd: false,
+    },
+    // Appended last: the routers' subnets are numbered by their place here (this is 7).
+    Router {
+        name: "upnp",
+        rules: &[
+            // miniupnpd's own STUN check (is the router's address reachable from outside?)
+            // must hear the answers from coturn's other address and port.
+            "-A INPUT -i wan -p udp -s 198.18.100.0/24 --sport 3478:3479 -j ACCEPT",
+            // Only the home's traffic: the router's own (that STUN check) keeps its ports.
+            "-t nat -A POSTROUTING -o wan -s 192.168.0.0/16 -j MASQUERADE --random-fully",
+            HOME_FIREWALL,
+        ],
+        expect: "symmetric",
+        miniupnpd: true,
     },
 ];
 
+/// The chains miniupnpd (nftables backend) adds its rules to, named in its config. Its own
+/// forward chain accepts by default, unlike Debian's `nft_init.sh`; its DNAT runs in
+/// prerouting, so a mapped port's traffic is forwarded and never meets the INPUT firewall.
+const MINIUPNPD_NFT: &str = "table inet miniupnpd {
+    chain forward { type filter hook forward priority 0; policy accept; jump miniupnpd; }
+    chain miniupnpd { }
+    chain prerouting { type nat hook prerouting priority -100; policy accept; jump prerouting_miniupnpd; }
+    chain postrouting { type nat hook postrouting priority 100; policy accept; jump postrouting_miniupnpd; }
+    chain prerouting_miniupnpd { }
+    chain postrouting_miniupnpd { }
+}
+";
+
+/// miniupnpd's config for router `k`: the router's wan address is in 198.18.0.0/15, which
+/// miniupnpd takes for a private one (port forwarding off) unless STUN shows it reachable.
+fn miniupnpd_conf(k: usize) -> String {
+    format!(
+        "ext_ifname=wan
+listening_ip=lan
+enable_natpmp=yes
+enable_upnp=yes
+secure_mode=yes
+system_uptime=yes
+ext_perform_stun=yes
+ext_stun_host={STUN_PRIMARY}
+ext_stun_port=3478
+upnp_table_name=miniupnpd
+upnp_nat_table_name=miniupnpd
+upnp_forward_chain=miniupnpd
+upnp_nat_chain=prerouting_miniupnpd
+upnp_nat_postrouting_chain=postrouting_miniupnpd
+uuid=6c3f0e1a-8d1b-4a2e-9f00-0000000000{k:02x}
+allow 1024-65535 192.168.0.0/16 1024-65535
+deny 0-65535 0.0.0.0/0 0-65535
+"
+    )
+}
+
 /// Namespaces are deleted when this drops (fields drop in order: processes first).
 struct Lab {
+    _miniupnpd: Vec<Proc>,
     _coturn: Proc,
     homes: Vec<(String, &'static str, Netns)>,
     _routers: Vec<Netns>,
@@ -193,6 +258,7 @@ impl Lab {
         }
         let mut routers = Vec::new();
         let mut homes = Vec::new();
+        let mut upnp_routers = Vec::new();
         for (k, router) in ROUTERS.iter().enumerate() {
             let k = k + 1;
             let r = Netns::new(format!("lrnat-{tag}-r{k}"));
@@ -249,6 +315,12 @@ impl Lab {
                 argv.extend(rule.split_whitespace());
                 r.run(&argv);
             }
+            if router.miniupnpd {
+                let nft = dir.path().join(format!("miniupnpd-{k}.nft"));
+                std::fs::write(&nft, MINIUPNPD_NFT).expect("write the nftables file");
+                r.run(&["nft", "-f", &nft.to_string_lossy()]);
+                upnp_routers.push(k);
+            }
             routers.push(r);
             homes.push((router.name.to_owned(), router.expect, h));
         }
@@ -296,7 +368,48 @@ impl Lab {
                 })
             },
         );
+        // After coturn: miniupnpd checks with STUN at start whether it can forward ports.
+        let miniupnpd = upnp_routers
+            .into_iter()
+            .map(|k| {
+                let router: &Netns = &routers[k - 1];
+                let conf = dir.path().join(format!("miniupnpd-{k}.conf"));
+                std::fs::write(&conf, miniupnpd_conf(k)).expect("write miniupnpd.conf");
+                let log = dir.path().join(format!("miniupnpd-{k}.log"));
+                let pid = dir.path().join(format!("miniupnpd-{k}.pid"));
+                let script = format!("exec \"$@\" 2>'{}'", log.display());
+                let proc = Proc::spawn(
+                    Some(&router.name),
+                    &[
+                        "sh",
+                        "-c",
+                        &script,
+                        "sh",
+                        "miniupnpd",
+                        "-d",
+                        "-f",
+                        &conf.to_string_lossy(),
+                        "-P",
+                        &pid.to_string_lossy(),
+                    ],
+                    None,
+                );
+                let text = || std::fs::read_to_string(&log).unwrap_or_default();
+                wait_until(
+                    Duration::from_secs(15),
+                    "miniupnpd listening for NAT-PMP/PCP",
+                    || text().contains("Listening for NAT-PMP/PCP"),
+                );
+                assert!(
+                    text().contains("Port forwarding is now enabled"),
+                    "miniupnpd will not forward ports:\n{}",
+                    text()
+                );
+                proc
+            })
+            .collect();
         Lab {
+            _miniupnpd: miniupnpd,
             _coturn: coturn,
             homes,
             _routers: routers,
@@ -707,6 +820,29 @@ fn a_new_public_address_is_found_and_the_party_reconnects() {
     assert!(
         resumed < Duration::from_secs(10),
         "{resumed:?}\n{}",
+        run.logs
+    );
+}
+
+/// Alice's router maps per destination (symmetric) but runs miniupnpd: her daemon has it
+/// forward her WireGuard port (PCP, the first protocol tried) and advertises the mapped
+/// address, so Bob, behind a symmetric NAT too, reaches her directly where the two would
+/// otherwise need a relay; she answers the address his probes come from.
+#[test]
+fn a_router_that_maps_ports_makes_a_symmetric_nat_reachable() {
+    let mut status = Value::Null;
+    let run = party_of_two_then("upnp", "symmetric2", |lab, _| {
+        status = cli(lab.home("upnp"), &["status"]);
+    });
+    let (a, b) = (&run.alice_peers[0], &run.bob_peers[0]);
+    assert_eq!(b["path"], "direct", "{b:#}\n{}", run.logs);
+    assert_eq!(b["endpoint"], "198.18.7.2:51820", "{b:#}\n{}", run.logs);
+    assert_eq!(a["path"], "direct", "{a:#}\n{}", run.logs);
+    let bob_seen = a["endpoint"].as_str().unwrap_or_default();
+    assert!(bob_seen.starts_with("198.18.5.2:"), "{a:#}\n{}", run.logs);
+    assert_eq!(
+        status["port_mapping"], "198.18.7.2:51820 via PCP",
+        "{status:#}\n{}",
         run.logs
     );
 }

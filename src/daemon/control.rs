@@ -29,6 +29,7 @@ use lanrage_engine::{
 
 use super::local_link::LocalLink;
 use super::nat_check::NatCheck;
+use super::port_map::{Mapping, MappingView};
 use super::server_client::{CallError, ServerClient};
 use crate::local_api::{NatSummary, PartySummary, PeerInfo, RelaySummary, Status};
 
@@ -70,6 +71,9 @@ pub struct ControlThread {
     pub stun_servers: Vec<String>,
     /// Our static WireGuard key: path probes are authenticated with keys derived from it.
     pub secret: [u8; 32],
+    /// The port the router forwards to us, as the port mapper last found it (`None`: port
+    /// mapping off).
+    pub port_mapping: Option<MappingView>,
 }
 
 struct State {
@@ -88,6 +92,8 @@ struct State {
     candidates: HashMap<PeerId, (Vec<SocketAddr>, Vec<PathAddr>)>,
     /// When to fetch relays and grants next (`None`: no control server, or not in a party).
     next_grants: Option<Instant>,
+    /// The router's port mapping as last advertised.
+    mapping: Option<Mapping>,
 }
 
 impl ControlThread {
@@ -112,10 +118,27 @@ impl ControlThread {
             relays: RelayClient::new(unix_micros()),
             candidates: HashMap::new(),
             next_grants: None,
+            mapping: None,
         };
         state.resume();
         let mut next_address_check = Instant::now();
         loop {
+            let mapping = state
+                .cfg
+                .port_mapping
+                .as_ref()
+                .and_then(MappingView::current);
+            if mapping != state.mapping {
+                match mapping {
+                    Some(m) => {
+                        tracing::info!(mapping = %m, "advertising the router's port mapping")
+                    }
+                    None => tracing::info!("the router's port mapping is gone"),
+                }
+                state.mapping = mapping;
+                state.check_reachability();
+                next_address_check = Instant::now() + ADDRESS_CHECK;
+            }
             if Instant::now() >= next_address_check {
                 state.check_reachability();
                 next_address_check = Instant::now() + ADDRESS_CHECK;
@@ -296,8 +319,10 @@ impl State {
     }
 
     /// Tells the party where we can be reached: every local IPv4 address but loopback and our
-    /// own interface, at the WireGuard port, then the reflexive address the NAT check found
-    /// (unless the NAT maps per destination, when it would be of no use to anyone else).
+    /// own interface, at the WireGuard port, then the external address the router forwards to
+    /// us (port mapping; useful whatever the NAT's mapping does), then the reflexive address
+    /// the NAT check found (unless the NAT maps per destination, when it would be of no use to
+    /// anyone else).
     fn check_reachability(&mut self) {
         let local: Vec<SocketAddr> = match super::lan::ipv4_addresses(&self.cfg.interface) {
             Ok(addresses) => addresses
@@ -312,6 +337,11 @@ impl State {
         };
         self.nat.set_local(local.clone());
         let mut endpoints = local;
+        if let Some(mapping) = self.mapping {
+            if !endpoints.contains(&mapping.external) {
+                endpoints.push(mapping.external);
+            }
+        }
         let mut nat = NatType::Unknown;
         if let Some((report, _)) = self.nat.last() {
             nat = report.nat;
@@ -666,6 +696,7 @@ impl State {
                 checked_secs_ago: at.elapsed().as_secs(),
             }),
             relays: self.relay_summary(),
+            port_mapping: self.mapping.map(|m| m.to_string()),
         }
     }
 

@@ -9,6 +9,7 @@ mod key;
 pub(crate) mod lan;
 mod local_link;
 mod nat_check;
+mod port_map;
 mod server_client;
 
 use std::net::SocketAddr;
@@ -55,6 +56,9 @@ pub struct UpArgs {
     /// (default: a few public ones; see `lanrage netcheck`).
     #[arg(long = "stun", value_name = "HOST:PORT")]
     pub stun: Vec<String>,
+    /// Do not ask the router (PCP, NAT-PMP or UPnP IGD) to forward the WireGuard port.
+    #[arg(long)]
+    pub no_port_mapping: bool,
 }
 
 pub fn run(args: UpArgs) -> Result<()> {
@@ -88,6 +92,15 @@ pub fn run(args: UpArgs) -> Result<()> {
         .context("cannot give the engine its key")?;
     let listen_port = engine.handle().status().map(|s| s.listen_port).unwrap_or(0);
 
+    // The router forwarding our port makes us reachable even behind a symmetric NAT.
+    let mut port_mapper = if args.no_port_mapping || listen_port == 0 {
+        None
+    } else {
+        port_map::PortMapper::start(listen_port, args.interface.clone())
+            .inspect_err(|e| tracing::warn!(error = %e, "cannot start port mapping"))
+            .ok()
+    };
+
     let (requests_tx, requests_rx) = crossbeam_channel::bounded(64);
     api::spawn(args.api, requests_tx)?;
     let control = ControlThread {
@@ -100,6 +113,7 @@ pub fn run(args: UpArgs) -> Result<()> {
         addresses,
         data_dir: args.data_dir.clone(),
         secret,
+        port_mapping: port_mapper.as_ref().map(port_map::PortMapper::view),
         stun_servers: if args.stun.is_empty() {
             crate::netcheck::DEFAULT_STUN_SERVERS
                 .iter()
@@ -134,6 +148,10 @@ pub fn run(args: UpArgs) -> Result<()> {
     }
     drop(shutdown_tx);
     let _ = control.join();
+    // The router forgets our port before the interface goes (a bounded wait).
+    if let Some(mapper) = &mut port_mapper {
+        mapper.stop();
+    }
     // Dropping the engine closes the TUN device, which removes the interface.
     drop(engine);
     tracing::info!(interface = %args.interface, "stopped");
