@@ -1,7 +1,8 @@
 //! The relay's threads: one per SO_REUSEPORT socket, each with its own `mio::Poll` and its own
 //! buffers, allocated once. A worker receives a batch (recvmmsg, GRO), decides each datagram
 //! in place in the receive buffer, and sends each run of same-sized datagrams to one address
-//! as one GSO send straight out of that buffer: a forwarded byte is never copied in userspace.
+//! as one GSO send: trains that GRO coalesced straight out of that buffer, lone datagrams
+//! gathered into a staging buffer first (one small copy instead of one system call each).
 
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
@@ -171,6 +172,9 @@ struct Pending {
     /// that same announced address and its NAT admits nothing from another (a relay host
     /// has several addresses, and the kernel would pick by route).
     src: Option<IpAddr>,
+    /// Gathered into the staging buffer (a lone datagram) rather than left in the receive
+    /// buffer (a GRO train).
+    staged: bool,
 }
 
 /// Counts gathered over one batch and added to the shared counters once at its end.
@@ -211,6 +215,10 @@ struct RelayWorker {
     poll: Poll,
     recv_bufs: Vec<u8>,
     recv_meta: Vec<RecvMeta>,
+    /// Lone datagrams copied back to back, so that a burst to one address leaves in one GSO
+    /// send instead of one system call each (trains that GRO coalesced stay where they are).
+    stage: Vec<u8>,
+    staged_len: usize,
     pending: Vec<Pending>,
     tally: Tally,
 }
@@ -244,6 +252,8 @@ impl RelayWorker {
             stop: stop.clone(),
             poll,
             recv_bufs: vec![0; RECV_BUFS * RECV_BUF_LEN],
+            stage: vec![0; RECV_BUFS * RECV_BUF_LEN],
+            staged_len: 0,
             recv_meta: vec![RecvMeta::default(); RECV_BUFS],
             pending: Vec::with_capacity(PENDING),
             tally: Tally::default(),
@@ -324,11 +334,24 @@ impl RelayWorker {
                         if self.pending.len() == PENDING {
                             self.send_pending();
                         }
+                        let len = next - at;
+                        // A datagram alone in its receive buffer: copy it (at most one MTU,
+                        // cheaper than the system call it saves) beside the others.
+                        let lone = len == end - start;
+                        let (start, staged) = if lone {
+                            let s = self.staged_len;
+                            self.stage[s..s + len].copy_from_slice(&self.recv_bufs[at..next]);
+                            self.staged_len += len;
+                            (s, true)
+                        } else {
+                            (at, false)
+                        };
                         self.pending.push(Pending {
-                            start: at,
-                            len: next - at,
+                            start,
+                            len,
                             to,
                             src: meta.dst_ip,
+                            staged,
                         });
                     }
                     Forward::Control => {
@@ -358,16 +381,22 @@ impl RelayWorker {
         n == RECV_BUFS
     }
 
-    /// Sends the queued datagrams straight from the receive buffer: one GSO send per run.
+    /// Sends the queued datagrams, GRO trains straight from the receive buffer and lone
+    /// datagrams from the staging buffer: one GSO send per run.
     fn send_pending(&mut self) {
         let max_segments = self.state.max_gso_segments().clamp(1, MAX_GSO_SEGMENTS);
         let mut rest = &self.pending[..];
         while let Some(first) = rest.first() {
             let (count, bytes) = gso_run(rest, max_segments);
+            let buf = if first.staged {
+                &self.stage
+            } else {
+                &self.recv_bufs
+            };
             let transmit = Transmit {
                 destination: for_socket(first.to, self.dual_stack),
                 ecn: None,
-                contents: &self.recv_bufs[first.start..first.start + bytes],
+                contents: &buf[first.start..first.start + bytes],
                 segment_size: (count > 1).then_some(first.len),
                 src_ip: first.src,
             };
@@ -380,6 +409,7 @@ impl RelayWorker {
             rest = &rest[count..];
         }
         self.pending.clear();
+        self.staged_len = 0;
     }
 }
 
@@ -396,6 +426,7 @@ fn gso_run(pending: &[Pending], max_segments: usize) -> (usize, usize) {
         if count >= max_segments
             || next.to != first.to
             || next.src != first.src
+            || next.staged != first.staged
             || next.len > first.len
             || next.start != first.start + bytes
             || bytes + next.len > MAX_GSO_BYTES
@@ -427,6 +458,7 @@ mod tests {
                 len,
                 to: to(port),
                 src: None,
+                staged: false,
             })
             .collect()
     }
