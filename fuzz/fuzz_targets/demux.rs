@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 
 use lanrage_engine::dataplane::{Inbound, decapsulate, encapsulate};
 use lanrage_engine::loopback::Loopback;
-use lanrage_engine::wire::{Datagram, IpHeader, classify};
+use lanrage_engine::wire::{Datagram, IpHeader, classify, relay_data};
 use libfuzzer_sys::fuzz_target;
 
 static PAIR: OnceLock<Loopback> = OnceLock::new();
@@ -17,10 +17,16 @@ fuzz_target!(|data: &[u8]| {
     let _ = IpHeader::parse(data);
     let mut out = vec![0u8; data.len() + 256];
     let inbound = decapsulate(&pair.b.table, pair.a.addr, data, &mut out);
-    // Only WireGuard-shaped datagrams may reach the crypto path; the rest go to control.
+    // Only WireGuard-shaped datagrams may reach the crypto path; the rest go to control. A
+    // relayed datagram is judged by what it carries.
+    let carried = relay_data(data).map(|(_, payload)| classify(payload));
     match (&inbound, kind) {
         (Inbound::Control, Datagram::Control) => {}
+        (Inbound::Control, Datagram::Relayed { .. }) if carried == Some(Datagram::Control) => {}
         (Inbound::Control, other) => panic!("{other:?} handed to control"),
+        (_, Datagram::Relayed { .. }) if carried == Some(Datagram::Control) => {
+            panic!("a relayed control datagram took the crypto path")
+        }
         (_, Datagram::Control) => panic!("control datagram took the crypto path"),
         _ => {}
     }
