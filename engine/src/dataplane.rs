@@ -287,8 +287,15 @@ fn decapsulate_for<'a>(
     }
 }
 
-/// Endpoint roaming: a peer is wherever its last authenticated message came from.
+/// Endpoint roaming: a peer is wherever its last authenticated message came from, except
+/// that a peer reached directly is not moved onto a relay by traffic that came through one.
+/// While two members switch paths, packets come both ways for a moment; falling back to a
+/// relay is the owner's decision (its path probing sets the endpoint), never a side effect.
 fn roam(endpoint: &mut Option<Endpoint>, from: Endpoint) {
+    let onto_relay = from.relay_channel.is_some();
+    if onto_relay && endpoint.is_some_and(|e| e.relay_channel.is_none()) {
+        return;
+    }
     if *endpoint != Some(from) {
         *endpoint = Some(from);
     }
@@ -429,6 +436,8 @@ mod tests {
         let relay_addr: SocketAddr = "203.0.113.9:3479".parse().unwrap();
         let (chan_a, chan_b) = (0x0a0a_0a0a, 0x0b0b_0b0b);
         pair.a.peer.state.lock().endpoint = Some(Endpoint::relayed(relay_addr, chan_a));
+        // b knows no path to a yet: the relayed handshake gives it one.
+        pair.b.peer.state.lock().endpoint = None;
         let packet = pair.a.packet_to(&pair.b, 100);
         let mut out = vec![0u8; 2048];
         // a → relay: the initiation, framed.
@@ -482,6 +491,19 @@ mod tests {
             Inbound::ToTun(p) => assert_eq!(p, &back[..]),
             other => panic!("unexpected {other:?}"),
         }
+        // A relayed datagram does not move a peer that is reached directly onto the relay.
+        let direct_b: SocketAddr = "198.51.100.20:4000".parse().unwrap();
+        pair.a.peer.state.lock().endpoint = Some(Endpoint::direct(direct_b));
+        let relayed = sent(encapsulate(&pair.b.table, &back, &mut out)).to_vec();
+        let at_a = relay(&relayed, chan_b, chan_a);
+        assert!(matches!(
+            decapsulate(&pair.a.table, relay_addr, &at_a, &mut plain),
+            Inbound::ToTun(_)
+        ));
+        assert_eq!(
+            pair.a.peer.state.lock().endpoint,
+            Some(Endpoint::direct(direct_b))
+        );
         // A direct datagram from b moves a's endpoint off the relay (roaming).
         pair.b.peer.state.lock().endpoint = Some(Endpoint::direct(pair.b.addr));
         let direct = sent(encapsulate(&pair.b.table, &back, &mut out)).to_vec();
