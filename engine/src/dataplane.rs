@@ -288,12 +288,13 @@ fn decapsulate_for<'a>(
 }
 
 /// Endpoint roaming: a peer is wherever its last authenticated message came from, except
-/// that a peer reached directly is not moved onto a relay by traffic that came through one.
-/// While two members switch paths, packets come both ways for a moment; falling back to a
-/// relay is the owner's decision (its path probing sets the endpoint), never a side effect.
+/// that traffic through a relay moves no endpoint that is already set. Which relay, and
+/// whether to use one at all, is the owner's decision (its path probing sets the endpoint):
+/// the two members may each send through a different relay, or switch paths at different
+/// moments, and roaming would otherwise pull ours onto the other's choice, even onto a relay
+/// our probing already found dead.
 fn roam(endpoint: &mut Option<Endpoint>, from: Endpoint) {
-    let onto_relay = from.relay_channel.is_some();
-    if onto_relay && endpoint.is_some_and(|e| e.relay_channel.is_none()) {
+    if from.relay_channel.is_some() && endpoint.is_some() {
         return;
     }
     if *endpoint != Some(from) {
@@ -504,6 +505,16 @@ mod tests {
             pair.a.peer.state.lock().endpoint,
             Some(Endpoint::direct(direct_b))
         );
+        // Nor onto another relay than the one chosen for it.
+        let other_relay = Endpoint::relayed("203.0.113.10:3479".parse().unwrap(), 5);
+        pair.a.peer.state.lock().endpoint = Some(other_relay);
+        let relayed = sent(encapsulate(&pair.b.table, &back, &mut out)).to_vec();
+        let at_a = relay(&relayed, chan_b, chan_a);
+        assert!(matches!(
+            decapsulate(&pair.a.table, relay_addr, &at_a, &mut plain),
+            Inbound::ToTun(_)
+        ));
+        assert_eq!(pair.a.peer.state.lock().endpoint, Some(other_relay));
         // A direct datagram from b moves a's endpoint off the relay (roaming).
         pair.b.peer.state.lock().endpoint = Some(Endpoint::direct(pair.b.addr));
         let direct = sent(encapsulate(&pair.b.table, &back, &mut out)).to_vec();
