@@ -3,7 +3,7 @@
 //! segments) becomes one UDP send per run of same-sized datagrams to one peer (UDP GSO); a UDP
 //! read (recvmmsg, GRO) becomes one coalescing TUN write.
 
-use std::io::{self, IoSliceMut};
+use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
@@ -19,7 +19,10 @@ use crate::config::Event;
 use crate::dataplane::{self, Inbound, Outbound};
 use crate::io::cpu::{self, Governor, Placement, Steering};
 use crate::io::tun::{MAX_MTU, OFFLOAD_HEADROOM};
-use crate::io::udp::{canonical, for_socket};
+use crate::io::udp::{
+    RECV_BUF_LEN as UDP_RECV_BUF_LEN, RECV_BUFS as UDP_RECV_BUFS, Received, canonical, for_socket,
+    gro_stride, recv_batch,
+};
 use crate::priority::PriorityPolicy;
 use crate::shared::Shared;
 use crate::stats::DropReason;
@@ -32,9 +35,6 @@ const WAKE: Token = Token(2);
 
 /// Packets per TUN batch (tun-rs's ideal batch) and per coalesced TUN write.
 const BATCH: usize = tun_rs::IDEAL_BATCH_SIZE;
-/// Datagram buffers per UDP receive; each holds up to 64 KiB of GRO-coalesced datagrams.
-const UDP_RECV_BUFS: usize = 16;
-const UDP_RECV_BUF_LEN: usize = 1 << 16;
 /// Largest datagram the engine produces: an MTU-sized packet plus WireGuard overhead.
 const MAX_DATAGRAM: usize = MAX_MTU + wire::TRANSPORT_OVERHEAD;
 /// The kernel accepts at most 64 segments per GSO send.
@@ -359,25 +359,15 @@ impl Worker {
     /// Receives one batch of datagrams, decrypts them, writes the packets to the TUN queue.
     /// Returns whether the socket may have more.
     fn udp_batch(&mut self) -> bool {
-        let n = {
-            let mut chunks = self.recv_bufs.chunks_exact_mut(UDP_RECV_BUF_LEN);
-            let mut slices: [IoSliceMut<'_>; UDP_RECV_BUFS] =
-                std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()));
-            match self.udp_state.recv(
-                UdpSockRef::from(&*self.udp),
-                &mut slices,
-                &mut self.recv_meta,
-            ) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => return true,
-                Err(e) => {
-                    // ICMP errors surface here (ECONNREFUSED and friends); they say nothing
-                    // about the datagrams still queued.
-                    tracing::trace!(error = %e, "UDP receive error");
-                    return true;
-                }
-            }
+        let n = match recv_batch(
+            &self.udp_state,
+            &self.udp,
+            &mut self.recv_bufs,
+            &mut self.recv_meta,
+        ) {
+            Received::Batch(n) => n,
+            Received::Empty => return false,
+            Received::Retry => return true,
         };
         let policy = self.shared.priority.load();
         let table = self.shared.table.load();
@@ -403,12 +393,7 @@ impl Worker {
                 let from = canonical(meta.addr);
                 let base = m * UDP_RECV_BUF_LEN;
                 let received = &self.recv_bufs[base..base + meta.len.min(UDP_RECV_BUF_LEN)];
-                let stride = if meta.stride == 0 {
-                    meta.len
-                } else {
-                    meta.stride
-                };
-                for datagram in received.chunks(stride.max(1)) {
+                for datagram in received.chunks(gro_stride(meta)) {
                     if lane.is_none_or(|small| policy.is_small_datagram(datagram.len()) == small) {
                         self.handled += 1;
                         sink.handle(&table, &policy, from, datagram);

@@ -1,10 +1,61 @@
 //! The WireGuard UDP port: one socket per worker, all bound to the same port with SO_REUSEPORT
 //! so the kernel spreads flows across workers. Dual-stack when the host has IPv6.
 
-use std::io;
+use std::io::{self, IoSliceMut};
 use std::net::{Ipv6Addr, SocketAddr, SocketAddrV6, UdpSocket};
 
+use quinn_udp::{RecvMeta, UdpSockRef, UdpSocketState};
 use socket2::{Domain, Protocol, Socket, Type};
+
+/// Datagram buffers per batched receive (recvmmsg); each holds up to 64 KiB of
+/// GRO-coalesced datagrams.
+pub const RECV_BUFS: usize = 16;
+pub const RECV_BUF_LEN: usize = 1 << 16;
+
+/// What one batched receive gave.
+pub enum Received {
+    /// This many buffers were filled (their lengths and strides in the metadata).
+    Batch(usize),
+    /// The socket is empty: wait for the next readiness edge.
+    Empty,
+    /// Interrupted, or an error that says nothing of the datagrams still queued (ICMP errors
+    /// surface here): receive again.
+    Retry,
+}
+
+/// Receives one batch into `bufs` ([`RECV_BUFS`] buffers of [`RECV_BUF_LEN`] bytes back to
+/// back) with recvmmsg and GRO.
+pub fn recv_batch(
+    state: &UdpSocketState,
+    socket: &UdpSocket,
+    bufs: &mut [u8],
+    meta: &mut [RecvMeta],
+) -> Received {
+    let mut chunks = bufs.chunks_exact_mut(RECV_BUF_LEN);
+    let mut slices: [IoSliceMut<'_>; RECV_BUFS] =
+        std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()));
+    match state.recv(UdpSockRef::from(socket), &mut slices, meta) {
+        Ok(n) => Received::Batch(n),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Received::Empty,
+        Err(e) => {
+            if e.kind() != io::ErrorKind::Interrupted {
+                tracing::trace!(error = %e, "UDP receive error");
+            }
+            Received::Retry
+        }
+    }
+}
+
+/// The GRO stride of a received buffer: the size of each datagram in it but the last, which
+/// may be shorter (never 0, so the buffer can be walked in steps of it).
+pub fn gro_stride(meta: &RecvMeta) -> usize {
+    let stride = if meta.stride == 0 {
+        meta.len
+    } else {
+        meta.stride
+    };
+    stride.max(1)
+}
 
 /// Default receive buffer. It is also the tunnel's standing queue under load: a bulk
 /// transfer fills whatever it is given, and a game packet waits behind all of it. Measured

@@ -4,7 +4,7 @@
 //! as one GSO send: trains that GRO coalesced straight out of that buffer, lone datagrams
 //! gathered into a staging buffer first (one small copy instead of one system call each).
 
-use std::io::{self, IoSliceMut};
+use std::io;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
@@ -17,7 +17,9 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState};
 
-use crate::io::udp::{self, canonical, for_socket};
+use crate::io::udp::{
+    self, RECV_BUF_LEN, RECV_BUFS, Received, canonical, for_socket, gro_stride, recv_batch,
+};
 use crate::relay::forward::{Forward, RelayCounters, RelayDrop, forward};
 use crate::relay::route::RouteTable;
 use crate::worker::{MAX_GSO_SEGMENTS, WorkerHandle, send_with_patience};
@@ -25,9 +27,6 @@ use crate::worker::{MAX_GSO_SEGMENTS, WorkerHandle, send_with_patience};
 const UDP: Token = Token(0);
 const WAKE: Token = Token(1);
 
-/// Datagram buffers per receive; each holds up to 64 KiB of GRO-coalesced datagrams.
-const RECV_BUFS: usize = 16;
-const RECV_BUF_LEN: usize = 1 << 16;
 /// Forwarded datagrams queued before they are sent. A batch can hold far more tiny datagrams
 /// than this; the queue is sent whenever it fills, so it never grows.
 const PENDING: usize = 1024;
@@ -291,25 +290,15 @@ impl RelayWorker {
     /// Receives one batch, forwards it, hands control frames over. Returns whether the socket
     /// may have more.
     fn batch(&mut self) -> bool {
-        let n = {
-            let mut chunks = self.recv_bufs.chunks_exact_mut(RECV_BUF_LEN);
-            let mut slices: [IoSliceMut<'_>; RECV_BUFS] =
-                std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()));
-            match self.state.recv(
-                UdpSockRef::from(&*self.socket),
-                &mut slices,
-                &mut self.recv_meta,
-            ) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => return true,
-                Err(e) => {
-                    // ICMP errors surface here (a client that went away); they say nothing
-                    // about the datagrams still queued.
-                    tracing::trace!(error = %e, "relay receive error");
-                    return true;
-                }
-            }
+        let n = match recv_batch(
+            &self.state,
+            &self.socket,
+            &mut self.recv_bufs,
+            &mut self.recv_meta,
+        ) {
+            Received::Batch(n) => n,
+            Received::Empty => return false,
+            Received::Retry => return true,
         };
         let table = self.routes.load();
         let now_ns = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
@@ -319,12 +308,7 @@ impl RelayWorker {
             let start = m * RECV_BUF_LEN;
             let end = start + meta.len.min(RECV_BUF_LEN);
             // GRO: equal-sized datagrams back to back, the last one possibly shorter.
-            let stride = if meta.stride == 0 {
-                meta.len
-            } else {
-                meta.stride
-            };
-            let stride = stride.max(1);
+            let stride = gro_stride(&meta);
             let mut at = start;
             loop {
                 let next = at.saturating_add(stride).min(end);
