@@ -92,13 +92,19 @@ impl PairKey {
     }
 
     fn mac(&self, body: &[u8]) -> [u8; MAC_LEN] {
-        let mut mac = <Blake2sMac256 as KeyInit>::new(&self.0.into());
-        mac.update(body);
-        let full = mac.finalize().into_bytes();
-        let mut out = [0; MAC_LEN];
-        out.copy_from_slice(&full[..MAC_LEN]);
-        out
+        mac16(&self.0, body)
     }
+}
+
+/// BLAKE2s keyed with `key` over `body`, cut to 16 bytes: the MAC of the project's frames
+/// (path probes here, relay binds and acks in `crate::relay::frame`).
+pub(crate) fn mac16(key: &[u8; 32], body: &[u8]) -> [u8; MAC_LEN] {
+    let mut mac = <Blake2sMac256 as KeyInit>::new(&(*key).into());
+    mac.update(body);
+    let full = mac.finalize().into_bytes();
+    let mut out = [0; MAC_LEN];
+    out.copy_from_slice(&full[..MAC_LEN]);
+    out
 }
 
 impl fmt::Debug for PairKey {

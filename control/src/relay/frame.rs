@@ -15,9 +15,6 @@
 
 use std::fmt;
 
-use blake2::Blake2sMac256;
-use blake2::digest::{KeyInit, Mac};
-
 use super::grant::{SessionId, Side, same_mac};
 
 /// The magic of every relay control frame; data frames use `"LRrd"` (the engine's
@@ -72,12 +69,7 @@ pub fn is_relay_control(datagram: &[u8]) -> bool {
 }
 
 fn mac(key: &[u8; 32], body: &[u8]) -> [u8; MAC_LEN] {
-    let mut mac = <Blake2sMac256 as KeyInit>::new(&(*key).into());
-    mac.update(body);
-    let full = mac.finalize().into_bytes();
-    let mut out = [0; MAC_LEN];
-    out.copy_from_slice(&full[..MAC_LEN]);
-    out
+    crate::path::frame::mac16(key, body)
 }
 
 fn u64_at(bytes: &[u8], at: usize) -> u64 {
