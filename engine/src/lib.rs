@@ -15,6 +15,7 @@ pub mod io;
 pub mod loopback;
 mod peer;
 mod priority;
+mod receive_queue;
 pub mod relay;
 mod shared;
 mod stats;

@@ -28,10 +28,13 @@ pub enum DropReason {
     UdpSendFailed,
     /// The TUN device refused a packet.
     TunWriteFailed,
+    /// Bulk packets past the bound of a worker's queue (either direction), dropped oldest
+    /// first: the tunnel's bottleneck queue, see `receive_queue`.
+    QueueFull,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 11] = [
+    pub const ALL: [DropReason; 12] = [
         DropReason::MalformedDatagram,
         DropReason::UnknownPeer,
         DropReason::CryptoFailed,
@@ -43,6 +46,7 @@ impl DropReason {
         DropReason::ControlQueueFull,
         DropReason::UdpSendFailed,
         DropReason::TunWriteFailed,
+        DropReason::QueueFull,
     ];
 
     /// Stable snake_case name, for logs and metrics.
@@ -59,6 +63,7 @@ impl DropReason {
             DropReason::ControlQueueFull => "control_queue_full",
             DropReason::UdpSendFailed => "udp_send_failed",
             DropReason::TunWriteFailed => "tun_write_failed",
+            DropReason::QueueFull => "queue_full",
         }
     }
 }

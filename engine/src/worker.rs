@@ -3,7 +3,7 @@
 //! segments) becomes one UDP send per run of same-sized datagrams to one peer (UDP GSO); a UDP
 //! read (recvmmsg, GRO) becomes one coalescing TUN write.
 
-use std::io;
+use std::io::{self, IoSliceMut};
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
@@ -18,12 +18,12 @@ use tun_rs::{GROTable, SyncDevice};
 use crate::config::Event;
 use crate::dataplane::{self, Inbound, Outbound};
 use crate::io::cpu::{self, Governor, Placement, Steering};
-use crate::io::tun::{MAX_MTU, OFFLOAD_HEADROOM};
+use crate::io::tun::{Frame, MAX_FRAME, MAX_MTU, OFFLOAD_HEADROOM};
 use crate::io::udp::{
-    RECV_BUF_LEN as UDP_RECV_BUF_LEN, RECV_BUFS as UDP_RECV_BUFS, Received, canonical, for_socket,
-    gro_stride, recv_batch,
+    RECV_BUF_LEN as UDP_RECV_BUF_LEN, Received, canonical, for_socket, gro_stride, recv_into,
 };
 use crate::priority::PriorityPolicy;
+use crate::receive_queue::{self, BULK_LIMIT, ReceiveQueue};
 use crate::shared::Shared;
 use crate::stats::DropReason;
 use crate::table::PeerTable;
@@ -35,6 +35,16 @@ const WAKE: Token = Token(2);
 
 /// Packets per TUN batch (tun-rs's ideal batch) and per coalesced TUN write.
 const BATCH: usize = tun_rs::IDEAL_BATCH_SIZE;
+/// UDP receive slots (recvmmsg buffers of `UDP_RECV_BUF_LEN`) per worker.
+const RECV_SLOTS: usize = 16;
+/// TUN frames (up to 64 KiB each) a worker reads ahead: the bulk bound's worth and room to
+/// keep reading past it.
+const TUN_SLOTS: usize = 12;
+/// Most TUN reads per turn, so a flood of small packets cannot starve the other direction.
+const TUN_READS_PER_TURN: usize = 2 * TUN_SLOTS;
+/// Bulk handled per turn before the worker looks for packets in the latency lane again: one
+/// GRO train or super-packet, or as many lone packets as fit.
+const TURN_BYTES: usize = 64 << 10;
 /// Largest datagram the engine produces: an MTU-sized packet plus WireGuard overhead.
 const MAX_DATAGRAM: usize = MAX_MTU + wire::TRANSPORT_OVERHEAD;
 /// The kernel accepts at most 64 segments per GSO send.
@@ -78,15 +88,22 @@ pub struct Worker {
     poll: Poll,
 
     // TUN → UDP
-    tun_read: Vec<u8>,
+    /// Whether TUN reads carry virtio-net headers.
+    offload: bool,
+    /// Frames read ahead, `MAX_FRAME` bytes each, back to back; `tun_queue` keeps their books.
+    tun_frames: Vec<u8>,
+    tun_frame_len: [usize; TUN_SLOTS],
+    tun_queue: ReceiveQueue,
     tun_packets: Vec<Vec<u8>>,
     tun_sizes: Vec<usize>,
     send_buf: Vec<u8>,
     pending: Vec<Pending>,
 
     // UDP → TUN
+    /// Receive slots of `UDP_RECV_BUF_LEN` bytes, back to back; `receive` keeps their books.
     recv_bufs: Vec<u8>,
-    recv_meta: Vec<RecvMeta>,
+    recv_meta: [RecvMeta; RECV_SLOTS],
+    receive: ReceiveQueue,
     tun_out: Vec<Vec<u8>>,
     gro: GROTable,
     scratch: Vec<u8>,
@@ -130,6 +147,7 @@ impl Worker {
         let udp_state = UdpSocketState::new(UdpSockRef::from(&*udp))?;
         let dual_stack = udp.local_addr()?.is_ipv6();
         let stop = Arc::new(AtomicBool::new(false));
+        let offload = tun.tcp_gso();
         let packet_buf = OFFLOAD_HEADROOM + MAX_MTU;
         let mut worker = Worker {
             shared,
@@ -139,13 +157,17 @@ impl Worker {
             tun,
             stop: stop.clone(),
             poll,
-            tun_read: vec![0; OFFLOAD_HEADROOM + 65_535],
+            offload,
+            tun_frames: vec![0; TUN_SLOTS * MAX_FRAME],
+            tun_frame_len: [0; TUN_SLOTS],
+            tun_queue: ReceiveQueue::new(TUN_SLOTS, BULK_LIMIT),
             tun_packets: (0..BATCH).map(|_| vec![0; packet_buf]).collect(),
             tun_sizes: vec![0; BATCH],
             send_buf: vec![0; BATCH * (MAX_DATAGRAM + dataplane::MIN_OUTPUT_LEN)],
             pending: Vec::with_capacity(BATCH),
-            recv_bufs: vec![0; UDP_RECV_BUFS * UDP_RECV_BUF_LEN],
-            recv_meta: vec![RecvMeta::default(); UDP_RECV_BUFS],
+            recv_bufs: vec![0; RECV_SLOTS * UDP_RECV_BUF_LEN],
+            recv_meta: [RecvMeta::default(); RECV_SLOTS],
+            receive: ReceiveQueue::new(RECV_SLOTS, BULK_LIMIT),
             // Coalesced writes grow a buffer up to 64 KiB; reserve it now.
             tun_out: (0..BATCH)
                 .map(|_| {
@@ -188,7 +210,9 @@ impl Worker {
         // Drain whatever arrived before registration (edge-triggered readiness).
         let (mut udp_ready, mut tun_ready) = (true, true);
         while !self.stop.load(Ordering::Acquire) {
-            let timeout = (udp_ready || tun_ready).then_some(Duration::ZERO);
+            let busy =
+                udp_ready || tun_ready || self.receive.has_bulk() || self.tun_queue.has_bulk();
+            let timeout = busy.then_some(Duration::ZERO);
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -204,11 +228,11 @@ impl Worker {
                 }
             }
             // Alternate batches so neither direction starves the other.
-            if udp_ready {
-                udp_ready = self.udp_batch();
+            if udp_ready || self.receive.has_bulk() {
+                udp_ready = self.udp_batch(udp_ready);
             }
-            if tun_ready {
-                tun_ready = self.tun_batch();
+            if tun_ready || self.tun_queue.has_bulk() {
+                tun_ready = self.tun_batch(tun_ready);
             }
             self.govern();
         }
@@ -236,40 +260,94 @@ impl Worker {
         }
     }
 
-    /// Reads one batch from the TUN queue, encrypts it, sends it. Returns whether the queue
-    /// may have more.
-    fn tun_batch(&mut self) -> bool {
-        let n = match self.tun.recv_multiple(
-            &mut self.tun_read,
-            &mut self.tun_packets,
-            &mut self.tun_sizes,
-            OFFLOAD_HEADROOM,
-        ) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => return true,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::InvalidInput | io::ErrorKind::InvalidData | io::ErrorKind::Other
-                ) =>
-            {
-                // A malformed offload header or an oversized packet: that read is lost, the
-                // queue goes on.
-                tracing::debug!(error = %e, "TUN read refused");
-                self.shared.drops.record(DropReason::InvalidTunPacket);
+    /// Empties the TUN queue's ring into the free frame slots (when `read`), encrypting the
+    /// latency lane's packets at once, then encrypts the oldest bulk frame. Returns whether
+    /// the ring may have more.
+    fn tun_batch(&mut self, read: bool) -> bool {
+        let policy = self.shared.priority.load();
+        let more = read && self.read_frames(&policy);
+        let mut turn = [0u8; TUN_SLOTS];
+        let taken = self.tun_queue.pop_batch(TURN_BYTES, &mut turn);
+        if taken > 0 {
+            self.encrypt_frames(&policy, turn[..taken].iter().map(|&s| usize::from(s)));
+            for &slot in &turn[..taken] {
+                self.tun_queue.release(usize::from(slot));
+            }
+        }
+        more
+    }
+
+    /// Reads frames into free slots until the ring is empty, the slots are full of bulk, or
+    /// the turn is over. Returns whether the ring may have more.
+    fn read_frames(&mut self, policy: &PriorityPolicy) -> bool {
+        for _ in 0..TUN_READS_PER_TURN {
+            let Some(slot) = receive_queue::slots(self.tun_queue.free()).next() else {
+                // Full of bulk: encrypt some first. The ring keeps what it has.
                 return true;
+            };
+            let buf = &mut self.tun_frames[slot * MAX_FRAME..(slot + 1) * MAX_FRAME];
+            let len = match self.tun.recv(buf) {
+                Ok(len) => len,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // The device itself failed (deleted, detached): wait for the next edge
+                    // rather than spin on an error.
+                    tracing::warn!(error = %e, "TUN read failed");
+                    return false;
+                }
+            };
+            self.tun_frame_len[slot] = len;
+            let frame = Frame {
+                bytes: &mut buf[..len],
+                offload: self.offload,
+            };
+            if policy.is_priority_packet(frame.packet()) {
+                // The latency lane: encrypted and sent now; the slot stays free.
+                self.encrypt_frames(policy, std::iter::once(slot));
+                continue;
             }
-            Err(e) => {
-                // The device itself failed (deleted, detached): wait for the next edge rather
-                // than spin on an error.
-                tracing::warn!(error = %e, "TUN read failed");
-                return false;
+            self.tun_queue.push_bulk(slot, len);
+            while let Some(oldest) = self.tun_queue.pop_overflow() {
+                let len = self.tun_frame_len[oldest];
+                let bytes = &mut self.tun_frames[oldest * MAX_FRAME..oldest * MAX_FRAME + len];
+                let packets = Frame {
+                    bytes,
+                    offload: self.offload,
+                }
+                .packets();
+                self.shared.drops.add(DropReason::QueueFull, packets as u64);
+                self.tun_queue.release(oldest);
             }
-        };
+        }
+        true
+    }
+
+    /// Splits the frames in `slots` into packets, encrypts them, sends them.
+    fn encrypt_frames(&mut self, policy: &PriorityPolicy, slots: impl Iterator<Item = usize>) {
+        let mut n = 0;
+        for slot in slots {
+            let len = self.tun_frame_len[slot];
+            let frame = Frame {
+                bytes: &mut self.tun_frames[slot * MAX_FRAME..slot * MAX_FRAME + len],
+                offload: self.offload,
+            };
+            match frame.split(
+                &mut self.tun_packets[n..],
+                &mut self.tun_sizes[n..],
+                OFFLOAD_HEADROOM,
+            ) {
+                Ok(split) => n += split,
+                Err(e) => {
+                    // A malformed offload header, more segments than buffers, an oversized
+                    // packet: that frame is lost.
+                    tracing::debug!(error = %e, "TUN frame refused");
+                    self.shared.drops.record(DropReason::InvalidTunPacket);
+                }
+            }
+        }
         self.handled += n;
         let table = self.shared.table.load();
-        let policy = self.shared.priority.load();
         let mut at = 0;
         self.pending.clear();
         for i in 0..n {
@@ -298,7 +376,6 @@ impl Worker {
         }
         drop(table);
         self.send_pending();
-        true
     }
 
     /// Sends the queued datagrams: the latency lane first, one at a time; then the bulk, one
@@ -356,20 +433,88 @@ impl Worker {
         self.pending.clear();
     }
 
-    /// Receives one batch of datagrams, decrypts them, writes the packets to the TUN queue.
-    /// Returns whether the socket may have more.
-    fn udp_batch(&mut self) -> bool {
-        let n = match recv_batch(
-            &self.udp_state,
-            &self.udp,
-            &mut self.recv_bufs,
-            &mut self.recv_meta,
-        ) {
-            Received::Batch(n) => n,
-            Received::Empty => return false,
-            Received::Retry => return true,
-        };
+    /// Empties the socket into the free receive slots (when `read`), decrypting the latency
+    /// lane's datagrams at once, then decrypts the oldest slot of bulk. Returns whether the
+    /// socket may have more.
+    fn udp_batch(&mut self, read: bool) -> bool {
         let policy = self.shared.priority.load();
+        let (more, urgent) = if read {
+            self.receive_slots(&policy)
+        } else {
+            (false, 0)
+        };
+        if urgent != 0 {
+            self.decrypt(&policy, receive_queue::slots(urgent));
+        }
+        let mut turn = [0u8; RECV_SLOTS];
+        let taken = self.receive.pop_batch(TURN_BYTES, &mut turn);
+        if taken > 0 {
+            self.decrypt(&policy, turn[..taken].iter().map(|&s| usize::from(s)));
+            for &slot in &turn[..taken] {
+                self.receive.release(usize::from(slot));
+            }
+        }
+        more
+    }
+
+    /// One batched receive into the free slots. Bulk joins the queue (its oldest dropped when
+    /// over the bound); returns whether the socket may have more, and the slots of the
+    /// latency lane, to decrypt now.
+    fn receive_slots(&mut self, policy: &PriorityPolicy) -> (bool, u32) {
+        let free = self.receive.free();
+        if free == 0 {
+            // Full of bulk: decrypt some first. The socket keeps what it has.
+            return (true, 0);
+        }
+        let offered = free.count_ones() as usize;
+        let mut meta = [RecvMeta::default(); RECV_SLOTS];
+        let n = {
+            let mut bufs = self
+                .recv_bufs
+                .chunks_exact_mut(UDP_RECV_BUF_LEN)
+                .enumerate()
+                .filter(|(slot, _)| free & (1 << slot) != 0)
+                .map(|(_, buf)| buf);
+            let mut slices: [IoSliceMut<'_>; RECV_SLOTS] =
+                std::array::from_fn(|_| IoSliceMut::new(bufs.next().unwrap_or_default()));
+            match recv_into(
+                &self.udp_state,
+                &self.udp,
+                &mut slices[..offered],
+                &mut meta[..offered],
+            ) {
+                Received::Batch(n) => n.min(offered),
+                Received::Empty => return (false, 0),
+                Received::Retry => return (true, 0),
+            }
+        };
+        let mut urgent = 0u32;
+        for (meta, slot) in meta[..n].iter().zip(receive_queue::slots(free)) {
+            self.recv_meta[slot] = *meta;
+            let len = meta.len.min(UDP_RECV_BUF_LEN);
+            // A GRO train holds datagrams of one size (the last may be shorter).
+            if policy.is_small_datagram(gro_stride(meta)) {
+                urgent |= 1 << slot;
+            } else {
+                self.receive.push_bulk(slot, len);
+            }
+        }
+        while let Some(slot) = self.receive.pop_overflow() {
+            let meta = &self.recv_meta[slot];
+            let datagrams = meta.len.min(UDP_RECV_BUF_LEN).div_ceil(gro_stride(meta));
+            self.shared
+                .drops
+                .add(DropReason::QueueFull, datagrams as u64);
+            self.receive.release(slot);
+        }
+        // recvmmsg stops early only when the socket is empty, and every later arrival raises
+        // a new edge: a short batch saves the extra receive and poll that would confirm it.
+        (n == offered, urgent)
+    }
+
+    /// Decrypts the datagrams of the given slots, in that order, and writes their packets to
+    /// the TUN queue.
+    fn decrypt(&mut self, policy: &PriorityPolicy, slots: impl Iterator<Item = usize>) {
         let table = self.shared.table.load();
         let mut sink = TunSink {
             shared: &self.shared,
@@ -381,30 +526,17 @@ impl Worker {
             gro: &mut self.gro,
             scratch: &mut self.scratch,
         };
-        // The latency lane: small datagrams are decrypted and written before the bulk of the
-        // batch, so a game packet does not wait for a thousand segments to be decrypted.
-        let lanes: &[Option<bool>] = if policy.is_off() {
-            &[None]
-        } else {
-            &[Some(true), Some(false)]
-        };
-        for &lane in lanes {
-            for (m, meta) in self.recv_meta[..n].iter().enumerate() {
-                let from = canonical(meta.addr);
-                let base = m * UDP_RECV_BUF_LEN;
-                let received = &self.recv_bufs[base..base + meta.len.min(UDP_RECV_BUF_LEN)];
-                for datagram in received.chunks(gro_stride(meta)) {
-                    if lane.is_none_or(|small| policy.is_small_datagram(datagram.len()) == small) {
-                        self.handled += 1;
-                        sink.handle(&table, &policy, from, datagram);
-                    }
-                }
+        for slot in slots {
+            let meta = &self.recv_meta[slot];
+            let from = canonical(meta.addr);
+            let base = slot * UDP_RECV_BUF_LEN;
+            let received = &self.recv_bufs[base..base + meta.len.min(UDP_RECV_BUF_LEN)];
+            for datagram in received.chunks(gro_stride(meta)) {
+                self.handled += 1;
+                sink.handle(&table, policy, from, datagram);
             }
-            sink.flush();
         }
-        // recvmmsg stops early only when the socket is empty, and every later arrival raises
-        // a new edge: a short batch saves the extra receive and poll that would confirm it.
-        n == UDP_RECV_BUFS
+        sink.flush();
     }
 }
 

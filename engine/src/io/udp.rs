@@ -34,7 +34,17 @@ pub fn recv_batch(
     let mut chunks = bufs.chunks_exact_mut(RECV_BUF_LEN);
     let mut slices: [IoSliceMut<'_>; RECV_BUFS] =
         std::array::from_fn(|_| IoSliceMut::new(chunks.next().unwrap_or_default()));
-    match state.recv(UdpSockRef::from(socket), &mut slices, meta) {
+    recv_into(state, socket, &mut slices, meta)
+}
+
+/// Receives one batch into the given buffers with recvmmsg and GRO.
+pub fn recv_into(
+    state: &UdpSocketState,
+    socket: &UdpSocket,
+    slices: &mut [IoSliceMut<'_>],
+    meta: &mut [RecvMeta],
+) -> Received {
+    match state.recv(UdpSockRef::from(socket), slices, meta) {
         Ok(n) => Received::Batch(n),
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => Received::Empty,
         Err(e) => {
