@@ -40,6 +40,7 @@ PACKAGES=(
     miniupnpd-nftables # its nftables backend (named: apt would otherwise pick either)
     nftables          # nft: the chains miniupnpd adds its rules to
     netcat-openbsd    # nc: UDP/TCP probes in tests
+    socat             # LAN discovery tests: broadcast and multicast senders and listeners
     jq                # JSON from iperf3 and bench results
     bc                # arithmetic in the scripts
     procps            # sysctl, ps, pgrep

@@ -251,6 +251,68 @@ impl Lab {
             .to_owned()
     }
 
+    /// The directed broadcast address of `ns`'s party subnet, from its interface.
+    fn subnet_broadcast(&self, ns: &str) -> std::net::Ipv4Addr {
+        let out = self.in_ns(ns, &["ip", "-4", "-o", "addr", "show", "dev", "lr0"]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        let cidr = text
+            .split_whitespace()
+            .skip_while(|w| *w != "inet")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no IPv4 address on lr0 in {ns}: {text}"));
+        let (addr, len) = cidr.split_once('/').expect("address/prefix");
+        let addr: std::net::Ipv4Addr = addr.parse().expect("an IPv4 address");
+        let len: u32 = len.parse().expect("a prefix length");
+        std::net::Ipv4Addr::from(u32::from(addr) | (u32::MAX.checked_shr(len).unwrap_or(0)))
+    }
+
+    /// A UDP listener in `ns` on `port` (joined to `group` on the party interface) writing
+    /// "SOURCE PAYLOAD" per datagram to `file`; socat forks a child per datagram.
+    fn udp_listener(
+        &self,
+        ns: &str,
+        port: u16,
+        group: Option<&str>,
+        file: &std::path::Path,
+    ) -> Child {
+        let mut address = format!("UDP4-RECVFROM:{port},reuseaddr,fork");
+        if let Some(group) = group {
+            address += &format!(",ip-add-membership={group}:lr0");
+        }
+        let record = format!("echo \"$SOCAT_PEERADDR $(cat)\" >> {}", file.display());
+        Command::new("ip")
+            .args(["netns", "exec", ns, "socat", "-u", &address])
+            .arg(format!("SYSTEM:{record}"))
+            .stdout(Stdio::null())
+            .stderr(log(&self.dir, &format!("socat-{ns}-{port}")))
+            .spawn()
+            .expect("cannot start socat (package socat)")
+    }
+
+    /// Sends one datagram with `payload` from `ns` to socat address `to` (HOST:PORT,OPTIONS).
+    fn udp_send(&self, ns: &str, payload: &str, to: &str) {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", ns, "socat", "-u", "STDIN"])
+            .arg(format!("UDP4-DATAGRAM:{to}"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cannot start socat (package socat)");
+        use std::io::Write;
+        let _ = child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(payload.as_bytes());
+        let out = child.wait_with_output().expect("socat ran");
+        assert!(
+            out.status.success(),
+            "sending {payload} to {to} from {ns}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     fn logs(&self) -> String {
         let mut all = String::new();
         for entry in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
@@ -450,4 +512,83 @@ fn the_demo_runs_and_cleans_up() {
         !String::from_utf8_lossy(&left.stdout).contains(&ours),
         "the demo left namespaces {ours}* behind"
     );
+}
+
+/// A LAN game's discovery across the party: what member A sends to everyone on the LAN
+/// (subnet broadcast, limited broadcast, a game's multicast group, an mDNS query) reaches the
+/// listeners of B and C exactly once each, from A's virtual IP; B's unicast answer reaches A.
+#[test]
+fn game_discovery_broadcasts_reach_every_member_once() {
+    let mut lab = Lab::new(3);
+    lab.start_daemons(true);
+    let [a, b, c] = [0, 1, 2].map(|i| lab.members[i].clone());
+    let party = lab.cli(&a, &["party", "create", "LAN night", "--json"]);
+    let code = party["code"].as_str().expect("a party code").to_owned();
+    lab.cli(&b, &["party", "join", &code, "--json"]);
+    lab.cli(&c, &["party", "join", &code, "--json"]);
+    let ips = lab.all_ping_each_other();
+    let subnet_broadcast = lab.subnet_broadcast(&a);
+
+    // Listeners: each datagram becomes a line "SOURCE PAYLOAD" in the listener's file.
+    let mut listeners = Vec::new();
+    for (ns, name) in [(&b, "b"), (&c, "c")] {
+        for (port, group) in [(4445, "224.0.2.60"), (5353, "224.0.0.251")] {
+            let file = lab.dir.join(format!("{name}-{port}.txt"));
+            listeners.push(lab.udp_listener(ns, port, Some(group), &file));
+        }
+    }
+    let reply_file = lab.dir.join("a-4446.txt");
+    listeners.push(lab.udp_listener(&a, 4446, None, &reply_file));
+    std::thread::sleep(Duration::from_millis(300));
+
+    let a_ip = &ips[0];
+    let sends = [
+        ("subnet", format!("{subnet_broadcast}:4445,broadcast")),
+        // A game that binds to the party's interface; the host-side route for games that do
+        // not is a separate step.
+        (
+            "limited",
+            "255.255.255.255:4445,broadcast,so-bindtodevice=lr0".to_owned(),
+        ),
+        (
+            "minecraft",
+            format!("224.0.2.60:4445,ip-multicast-if={a_ip}"),
+        ),
+        ("mdns", format!("224.0.0.251:5353,ip-multicast-if={a_ip}")),
+    ];
+    for (payload, to) in &sends {
+        lab.udp_send(&a, payload, to);
+    }
+    let expect = |name: &str, port: u16, payloads: &[&str]| {
+        let file = lab.dir.join(format!("{name}-{port}.txt"));
+        let mut want: Vec<String> = payloads.iter().map(|p| format!("{a_ip} {p}")).collect();
+        want.sort();
+        wait_for(
+            &format!("{name} to hear {payloads:?} on {port}"),
+            PING_TIMEOUT,
+            || std::fs::read_to_string(&file).is_ok_and(|t| t.lines().count() >= want.len()),
+        );
+        // Anything delivered twice would have arrived by now.
+        std::thread::sleep(Duration::from_millis(300));
+        let mut got: Vec<String> = std::fs::read_to_string(&file)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        got.sort();
+        assert_eq!(got, want, "{name} on port {port}\n{}", lab.logs());
+    };
+    for name in ["b", "c"] {
+        expect(name, 4445, &["limited", "minecraft", "subnet"]);
+        expect(name, 5353, &["mdns"]);
+    }
+
+    lab.udp_send(&b, "reply", &format!("{a_ip}:4446"));
+    wait_for("A to hear B's unicast answer", PING_TIMEOUT, || {
+        std::fs::read_to_string(&reply_file).is_ok_and(|t| t.trim() == format!("{} reply", ips[1]))
+    });
+    for mut listener in listeners {
+        let _ = listener.kill();
+        let _ = listener.wait();
+    }
 }

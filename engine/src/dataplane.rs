@@ -33,6 +33,9 @@ pub enum Outbound<'a> {
     /// No session yet: the packet waits inside the peer's session while a handshake that is
     /// already under way completes.
     Queued,
+    /// A LAN broadcast or multicast, admitted by this member's budget: send it to every
+    /// peer with [`encapsulate_to`].
+    Fanout,
     Dropped(DropReason),
 }
 
@@ -91,6 +94,15 @@ pub fn encapsulate<'a>(table: &PeerTable, packet: &[u8], out: &'a mut [u8]) -> O
     let Some(header) = IpHeader::parse(packet) else {
         return Outbound::Dropped(DropReason::InvalidTunPacket);
     };
+    if let Some(lan) = table.lan()
+        && lan.scope.is_fanout(&header)
+    {
+        return if lan.admit_outbound(packet.len()) {
+            Outbound::Fanout
+        } else {
+            Outbound::Dropped(DropReason::BroadcastRateLimited)
+        };
+    }
     let peer = match header {
         IpHeader::V4 { dst, .. } => table.lookup_v4(dst),
         IpHeader::V6 { dst, .. } => table.lookup_v6(dst),
@@ -98,6 +110,11 @@ pub fn encapsulate<'a>(table: &PeerTable, packet: &[u8], out: &'a mut [u8]) -> O
     let Some(peer) = peer else {
         return Outbound::Dropped(DropReason::NoRoute);
     };
+    encapsulate_to(peer, packet, out)
+}
+
+/// Encrypts one IP packet for `peer`, whatever its destination (a LAN broadcast's copy).
+pub fn encapsulate_to<'a>(peer: &Peer, packet: &[u8], out: &'a mut [u8]) -> Outbound<'a> {
     let mut state = peer.state.lock();
     let Some(to) = state.endpoint else {
         return Outbound::Dropped(DropReason::NoEndpoint);
@@ -311,9 +328,16 @@ fn accept_source<'a>(
     packet: &'a [u8],
 ) -> Inbound<'a> {
     match table.lookup(src) {
-        Some(owner) if Arc::ptr_eq(owner, peer) => Inbound::ToTun(packet),
-        _ => Inbound::Dropped(DropReason::SpoofedSource),
+        Some(owner) if Arc::ptr_eq(owner, peer) => {}
+        _ => return Inbound::Dropped(DropReason::SpoofedSource),
     }
+    if let Some(lan) = table.lan()
+        && IpHeader::parse(packet).is_some_and(|h| lan.scope.is_fanout(&h))
+        && !peer.lan_in.admit(crate::lan::now_ns(), packet.len())
+    {
+        return Inbound::Dropped(DropReason::BroadcastRateLimited);
+    }
+    Inbound::ToTun(packet)
 }
 
 /// After a handshake completes, hands out the packets its session queued meanwhile, one per
@@ -337,12 +361,99 @@ pub fn flush_queued<'a>(peer: &Peer, out: &'a mut [u8]) -> Option<(&'a [u8], Soc
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lan::{Lan, LanScope};
     use crate::loopback::{Loopback, ipv4_packet};
 
     fn sent<'a>(outbound: Outbound<'a>) -> &'a [u8] {
         match outbound {
             Outbound::Send { datagram, .. } => datagram,
             other => panic!("expected a datagram, got {other:?}"),
+        }
+    }
+
+    fn lan_pair() -> Loopback {
+        let mut pair = Loopback::connected();
+        let scope = LanScope::containing(pair.a.inner.into(), 24);
+        pair.a.table.set_lan(Some(Arc::new(Lan::new(scope))));
+        pair.b.table.set_lan(Some(Arc::new(Lan::new(scope))));
+        pair
+    }
+
+    #[test]
+    fn lan_broadcasts_reach_every_member_unchanged() {
+        let pair = lan_pair();
+        for dst in [[255, 255, 255, 255], [10, 0, 0, 255], [224, 0, 2, 60]] {
+            let packet = ipv4_packet(pair.a.inner, dst, 100);
+            let datagrams = pair.send(&pair.a, &packet);
+            assert_eq!(datagrams.len(), 1, "one copy per member, to {dst:?}");
+            let mut buf = vec![0u8; 2048];
+            match decapsulate(&pair.b.table, pair.a.addr, &datagrams[0], &mut buf) {
+                Inbound::ToTun(delivered) => assert_eq!(delivered, &packet[..]),
+                other => panic!("broadcast to {dst:?} not delivered: {other:?}"),
+            }
+        }
+        // A member still cannot speak as another, to everyone or not.
+        let spoofed = ipv4_packet([10, 0, 0, 9], [255, 255, 255, 255], 100);
+        let mut buf = vec![0u8; 2048];
+        let datagram = sent(encapsulate_to(&pair.a.peer, &spoofed, &mut buf)).to_vec();
+        assert!(matches!(
+            decapsulate(&pair.b.table, pair.a.addr, &datagram, &mut buf),
+            Inbound::Dropped(DropReason::SpoofedSource)
+        ));
+    }
+
+    #[test]
+    fn without_a_lan_broadcasts_have_no_route() {
+        let pair = Loopback::connected();
+        let packet = ipv4_packet(pair.a.inner, [255, 255, 255, 255], 100);
+        let mut buf = vec![0u8; 2048];
+        assert!(matches!(
+            encapsulate(&pair.a.table, &packet, &mut buf),
+            Outbound::Dropped(DropReason::NoRoute)
+        ));
+    }
+
+    #[test]
+    fn a_broadcast_storm_is_cut_by_the_sender_and_by_each_receiver() {
+        let pair = lan_pair();
+        let packet = ipv4_packet(pair.a.inner, [255, 255, 255, 255], 1000);
+        let mut buf = vec![0u8; 2048];
+        let storm = 10 * (crate::lan::BURST as usize / packet.len());
+        let sent_by_a = (0..storm)
+            .filter(|_| {
+                matches!(
+                    encapsulate(&pair.a.table, &packet, &mut buf),
+                    Outbound::Fanout
+                )
+            })
+            .count();
+        assert!(
+            sent_by_a < storm / 2,
+            "sender let {sent_by_a} of {storm} through"
+        );
+        // A member that skips its own limit meets ours.
+        let mut delivered = 0;
+        let mut limited = 0;
+        for _ in 0..storm {
+            let datagram = sent(encapsulate_to(&pair.a.peer, &packet, &mut buf)).to_vec();
+            match decapsulate(&pair.b.table, pair.a.addr, &datagram, &mut buf) {
+                Inbound::ToTun(_) => delivered += 1,
+                Inbound::Dropped(DropReason::BroadcastRateLimited) => limited += 1,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(
+            delivered < storm / 2 && limited > storm / 2,
+            "{delivered} / {limited}"
+        );
+        // Unicast from the same member is not limited.
+        for _ in 0..100 {
+            let unicast = pair.a.packet_to(&pair.b, 1000);
+            let datagram = sent(encapsulate(&pair.a.table, &unicast, &mut buf)).to_vec();
+            assert!(matches!(
+                decapsulate(&pair.b.table, pair.a.addr, &datagram, &mut buf),
+                Inbound::ToTun(_)
+            ));
         }
     }
 

@@ -19,6 +19,7 @@ use crate::dataplane::framed;
 use crate::io::cpu::{CpuLayout, Steering};
 use crate::io::tun::TunDevice;
 use crate::io::udp;
+use crate::lan::{Lan, LanScope};
 use crate::peer::Peer;
 use crate::priority::PriorityPolicy;
 use crate::shared::Shared;
@@ -38,6 +39,7 @@ enum Command {
     Status(Sender<DeviceStatus>),
     SendDatagram(SocketAddr, Vec<u8>),
     SetPriority(PriorityPolicy),
+    SetLan(Option<LanScope>),
     Shutdown,
 }
 
@@ -92,6 +94,7 @@ impl Engine {
             private_key: None,
             identity: None,
             peers: BTreeMap::new(),
+            lan: None,
         };
         control
             .install_sockets(sockets)
@@ -149,6 +152,14 @@ impl EngineHandle {
             .map_err(|_| UpdateError::Stopped)
     }
 
+    /// Makes the peers one LAN: broadcasts and multicast read from the TUN go to every peer
+    /// (see `lan`); `None` (the default) keeps WireGuard's routing by allowed-IPs alone.
+    pub fn set_lan(&self, scope: Option<LanScope>) -> Result<(), UpdateError> {
+        self.commands
+            .send(Command::SetLan(scope))
+            .map_err(|_| UpdateError::Stopped)
+    }
+
     /// Sends a non-WireGuard datagram (STUN, the project's frames) from the WireGuard port.
     pub fn send_datagram(&self, to: SocketAddr, data: Vec<u8>) -> Result<(), UpdateError> {
         self.commands
@@ -181,6 +192,7 @@ struct Control {
     private_key: Option<Key>,
     identity: Option<Arc<Identity>>,
     peers: BTreeMap<Key, PeerEntry>,
+    lan: Option<Arc<Lan>>,
 }
 
 impl Control {
@@ -204,6 +216,12 @@ impl Control {
                     }
                     Ok(Command::SetPriority(policy)) => {
                         self.shared.priority.store(Arc::new(policy));
+                    }
+                    Ok(Command::SetLan(scope)) => {
+                        if self.lan.as_ref().map(|lan| lan.scope) != scope {
+                            self.lan = scope.map(|scope| Arc::new(Lan::new(scope)));
+                            self.publish();
+                        }
                     }
                     Ok(Command::Shutdown) | Err(_) => break,
                 },
@@ -546,6 +564,7 @@ impl Control {
     /// Publishes a fresh snapshot for the workers.
     fn publish(&self) {
         let mut table = PeerTable::new(self.identity.clone());
+        table.set_lan(self.lan.clone());
         for entry in self.peers.values() {
             table.insert(entry.peer.clone());
             for prefix in &entry.allowed_ips {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use boringtun::noise::Tunn;
 use boringtun::x25519::{PublicKey, StaticSecret};
 
-use crate::dataplane::{Inbound, Outbound, decapsulate, encapsulate, flush_queued};
+use crate::dataplane::{Inbound, Outbound, decapsulate, encapsulate, encapsulate_to, flush_queued};
 use crate::peer::Peer;
 use crate::table::{Identity, PeerTable};
 
@@ -95,6 +95,14 @@ impl Loopback {
         match encapsulate(&from.table, packet, &mut buf) {
             Outbound::Send { datagram, .. } => vec![datagram.to_vec()],
             Outbound::Queued => Vec::new(),
+            Outbound::Fanout => from
+                .table
+                .peers()
+                .filter_map(|peer| match encapsulate_to(peer, packet, &mut buf) {
+                    Outbound::Send { datagram, .. } => Some(datagram.to_vec()),
+                    _ => None,
+                })
+                .collect(),
             Outbound::Dropped(reason) => panic!("packet dropped: {reason:?}"),
         }
     }

@@ -11,6 +11,8 @@ use boringtun::noise::Tunn;
 use parking_lot::Mutex;
 
 use crate::config::{Endpoint, Key};
+use crate::lan;
+use crate::rate_limit::Gcra;
 
 pub struct Peer {
     pub public_key: Key,
@@ -18,6 +20,8 @@ pub struct Peer {
     /// left by 8, the low byte numbering sessions) so we find the peer without trying keys.
     pub index: u32,
     pub state: Mutex<PeerState>,
+    /// What we accept of this peer's LAN broadcasts (see `lan`).
+    pub lan_in: Gcra,
     rx_bytes: AtomicU64,
     tx_bytes: AtomicU64,
 }
@@ -61,6 +65,7 @@ impl Peer {
             public_key,
             index,
             state: Mutex::new(PeerState { tunn, endpoint }),
+            lan_in: lan::inbound_budget(),
             rx_bytes: AtomicU64::new(0),
             tx_bytes: AtomicU64::new(0),
         }

@@ -31,10 +31,12 @@ pub enum DropReason {
     /// Bulk packets past the bound of a worker's queue (either direction), dropped oldest
     /// first: the tunnel's bottleneck queue, see `receive_queue`.
     QueueFull,
+    /// A LAN broadcast or multicast over a member's budget, ours or another's (see `lan`).
+    BroadcastRateLimited,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 12] = [
+    pub const ALL: [DropReason; 13] = [
         DropReason::MalformedDatagram,
         DropReason::UnknownPeer,
         DropReason::CryptoFailed,
@@ -47,6 +49,7 @@ impl DropReason {
         DropReason::UdpSendFailed,
         DropReason::TunWriteFailed,
         DropReason::QueueFull,
+        DropReason::BroadcastRateLimited,
     ];
 
     /// Stable snake_case name, for logs and metrics.
@@ -64,6 +67,7 @@ impl DropReason {
             DropReason::UdpSendFailed => "udp_send_failed",
             DropReason::TunWriteFailed => "tun_write_failed",
             DropReason::QueueFull => "queue_full",
+            DropReason::BroadcastRateLimited => "broadcast_rate_limited",
         }
     }
 }

@@ -14,6 +14,7 @@ use boringtun::x25519::{PublicKey, StaticSecret};
 
 use crate::allowed_ips::AllowedIps;
 use crate::config::Key;
+use crate::lan::Lan;
 use crate::peer::Peer;
 
 /// Handshakes per second accepted before cookies are demanded (each handshake is verified
@@ -46,6 +47,8 @@ pub struct PeerTable {
     by_index: HashMap<u32, Arc<Peer>, BuildHasherDefault<IndexHasher>>,
     by_key: HashMap<Key, Arc<Peer>>,
     routes: AllowedIps<Arc<Peer>>,
+    /// The party's LAN scope: broadcasts and multicast go to every peer.
+    lan: Option<Arc<Lan>>,
 }
 
 impl PeerTable {
@@ -66,6 +69,14 @@ impl PeerTable {
     pub fn route(&mut self, addr: IpAddr, cidr: u8, peer: Arc<Peer>) {
         // Prefixes are validated before they reach the table.
         let _ = self.routes.insert(addr, cidr, peer);
+    }
+
+    pub fn set_lan(&mut self, lan: Option<Arc<Lan>>) {
+        self.lan = lan;
+    }
+
+    pub fn lan(&self) -> Option<&Lan> {
+        self.lan.as_deref()
     }
 
     pub fn by_index(&self, index: u32) -> Option<&Arc<Peer>> {

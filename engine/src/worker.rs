@@ -371,6 +371,29 @@ impl Worker {
                     at += len;
                 }
                 Outbound::Queued => {}
+                Outbound::Fanout => {
+                    // A LAN broadcast: one copy per member, each in its own session.
+                    for peer in table.peers() {
+                        let Some(out) = self.send_buf.get_mut(at..at + room) else {
+                            self.shared.drops.record(DropReason::QueueFull);
+                            break;
+                        };
+                        match dataplane::encapsulate_to(peer, packet, out) {
+                            Outbound::Send { datagram, to } => {
+                                let len = datagram.len();
+                                self.pending.push(Pending {
+                                    start: at,
+                                    len,
+                                    to,
+                                    priority,
+                                });
+                                at += len;
+                            }
+                            Outbound::Dropped(reason) => self.shared.drops.record(reason),
+                            Outbound::Queued | Outbound::Fanout => {}
+                        }
+                    }
+                }
                 Outbound::Dropped(reason) => self.shared.drops.record(reason),
             }
         }

@@ -1,10 +1,12 @@
 //! Arbitrary datagrams on the WireGuard port and arbitrary packets from the TUN device, through
-//! demultiplexing and the whole packet path of a peer with an established session.
+//! demultiplexing and the whole packet path of a peer with an established session, the two
+//! members on one party LAN (so broadcasts and multicast fan out).
 #![no_main]
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use lanrage_engine::dataplane::{Inbound, decapsulate, encapsulate};
+use lanrage_engine::lan::{Lan, LanScope};
 use lanrage_engine::loopback::Loopback;
 use lanrage_engine::wire::{Datagram, IpHeader, classify, relay_data};
 use libfuzzer_sys::fuzz_target;
@@ -12,7 +14,13 @@ use libfuzzer_sys::fuzz_target;
 static PAIR: OnceLock<Loopback> = OnceLock::new();
 
 fuzz_target!(|data: &[u8]| {
-    let pair = PAIR.get_or_init(Loopback::connected);
+    let pair = PAIR.get_or_init(|| {
+        let mut pair = Loopback::connected();
+        let scope = LanScope::containing(pair.a.inner.into(), 24);
+        pair.a.table.set_lan(Some(Arc::new(Lan::new(scope))));
+        pair.b.table.set_lan(Some(Arc::new(Lan::new(scope))));
+        pair
+    });
     let kind = classify(data);
     let _ = IpHeader::parse(data);
     let mut out = vec![0u8; data.len() + 256];

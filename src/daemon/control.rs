@@ -22,6 +22,7 @@ use lanrage_control::relay::RelayClient;
 use lanrage_control::relay::frame::is_relay_control;
 use lanrage_control::server_api::{EventJson, PartyJson};
 use lanrage_engine::io::tun::TunAddresses;
+use lanrage_engine::lan::LanScope;
 use lanrage_engine::wire::{RELAY_HEADER_LEN, write_relay_header};
 use lanrage_engine::{
     DeviceUpdate, Endpoint, EngineHandle, Event as EngineEvent, PeerUpdate, Prefix,
@@ -491,11 +492,17 @@ impl State {
                     } else {
                         tracing::info!(interface = %self.cfg.interface, %address, prefix_len, "virtual IP set");
                     }
+                    // The party is one LAN: its members' games see each other's broadcasts.
+                    let scope = LanScope::containing(address, prefix_len);
+                    if self.cfg.engine.set_lan(Some(scope)).is_err() {
+                        tracing::warn!("engine stopped; LAN broadcasts not set up");
+                    }
                 }
                 Action::ClearAddress => {
                     if let Err(e) = self.cfg.addresses.clear_ipv4() {
                         tracing::warn!(error = %e, "cannot remove the virtual IP");
                     }
+                    let _ = self.cfg.engine.set_lan(None);
                 }
                 Action::UpsertPeer {
                     peer,

@@ -169,7 +169,7 @@ impl RelayCounters {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::relay::limit::Gcra;
+    use crate::rate_limit::Gcra;
     use crate::relay::route::Route;
     use std::sync::Arc;
 

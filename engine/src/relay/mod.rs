@@ -25,11 +25,10 @@
 //!   costs control frames (counted), never forwarding.
 
 mod forward;
-mod limit;
 mod route;
 mod worker;
 
+pub use crate::rate_limit::Gcra;
 pub use forward::{Forward, RelayCounters, RelayCountersSnapshot, RelayDrop, forward};
-pub use limit::Gcra;
 pub use route::{Route, RouteStats, RouteTable};
 pub use worker::{Relay, RelayConfig, RelayEvent};

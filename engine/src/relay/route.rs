@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::io::udp::canonical;
-use crate::relay::limit::Gcra;
+use crate::rate_limit::Gcra;
 use crate::table::IndexHasher;
 
 /// One direction of a relay session: frames on a channel, from the address bound to it, go

@@ -1,6 +1,7 @@
-//! A per-route byte-rate limiter that every worker thread can use without a lock.
+//! A byte-rate limiter that every worker thread can use without a lock.
 //!
-//! A relay pays for every byte it forwards, so each route gets a budget. The limiter is the
+//! A relay pays for every byte it forwards, so each route gets a budget; a member's LAN
+//! broadcasts reach everyone, so each member gets one too (see `lan`). The limiter is the
 //! generic cell rate algorithm (GCRA): a single "theoretical arrival time" (TAT) says when the
 //! route will have paid off everything admitted so far at the configured rate. A datagram is
 //! admitted when, with its own cost added, the TAT runs ahead of now by no more than the
