@@ -2,6 +2,10 @@
 //! allocated once at start. It moves batches: a TUN read (a GSO super-packet split into
 //! segments) becomes one UDP send per run of same-sized datagrams to one peer (UDP GSO); a UDP
 //! read (recvmmsg, GRO) becomes one coalescing TUN write.
+//!
+//! Between turns of bulk work it empties its TUN ring and UDP socket into slots of its own
+//! (`receive_queue`): the latency lane's packets are handled as soon as they are read, bulk
+//! waits there in arrival order, bounded, instead of in the kernel's queues.
 
 use std::io::{self, IoSliceMut};
 use std::net::{SocketAddr, UdpSocket};
