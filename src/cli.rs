@@ -133,6 +133,24 @@ fn print_status(s: &Status) {
         Some(m) => println!("port map:   {m} (the router forwards it to us)"),
         None => println!("port map:   none (the router offers none, or --no-port-mapping)"),
     }
+    match s.game_scan_ms {
+        None => println!("games:      detection off (--no-game-detection)"),
+        Some(_) if s.games.is_empty() => println!("games:      none running"),
+        Some(_) => {
+            for g in &s.games {
+                println!(
+                    "game:       {} ({}, {:.0}% sure)",
+                    g.name,
+                    g.process.as_deref().unwrap_or("-"),
+                    g.confidence * 100.0
+                );
+            }
+        }
+    }
+    if !s.latency_lane_ports.is_empty() {
+        let ports: Vec<String> = s.latency_lane_ports.iter().map(u16::to_string).collect();
+        println!("lane ports: {} (their packets go first)", ports.join(", "));
+    }
     for r in &s.relays {
         println!(
             "relay:      {} for {}: {}{}",

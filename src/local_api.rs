@@ -42,6 +42,26 @@ pub struct Status {
     /// `198.18.7.2:51820 via NAT-PMP`; absent without one.
     #[serde(default)]
     pub port_mapping: Option<String>,
+    /// Known games running on this machine.
+    #[serde(default)]
+    pub games: Vec<GameSummary>,
+    /// Ports whose packets take the engine's latency lane now (the running games' ports).
+    #[serde(default)]
+    pub latency_lane_ports: Vec<u16>,
+    /// How long the last scan for games took, in milliseconds; absent when detection is off.
+    #[serde(default)]
+    pub game_scan_ms: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GameSummary {
+    /// The profile's id, e.g. `warcraft3`.
+    pub id: String,
+    pub name: String,
+    /// The process it was recognised by.
+    pub process: Option<String>,
+    /// How sure the match is, 0 to 1.
+    pub confidence: f32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -592,3 +592,67 @@ fn game_discovery_broadcasts_reach_every_member_once() {
         let _ = listener.wait();
     }
 }
+
+/// Detection: a process named like a profile's executable is found within one scan (2 s),
+/// the game's ports join the engine's latency lane, and stopping it reverts them.
+#[test]
+fn a_running_game_is_detected_and_its_ports_take_the_latency_lane() {
+    const SCAN: Duration = Duration::from_secs(2);
+    let mut lab = Lab::new(1);
+    lab.start_daemons(true);
+    let ns = lab.members[0].clone();
+    let status = lab.cli(&ns, &["status", "--json"]);
+    assert!(
+        status["game_scan_ms"].is_number(),
+        "detection runs: {status}"
+    );
+    assert_eq!(
+        status["latency_lane_ports"],
+        serde_json::json!([]),
+        "{status}"
+    );
+
+    // Warcraft III, as far as the process list can tell.
+    let game_binary = lab.dir.join("war3.exe");
+    std::fs::copy("/bin/sleep", &game_binary).expect("copy /bin/sleep");
+    let mut game = Command::new(&game_binary)
+        .arg("600")
+        .spawn()
+        .expect("start the stand-in game");
+    let started = Instant::now();
+    let detected = |status: &Value| {
+        status["games"]
+            .as_array()
+            .is_some_and(|g| g.iter().any(|g| g["id"] == "warcraft3"))
+    };
+    wait_for("Warcraft III to be detected", 2 * SCAN, || {
+        let status = lab.cli(&ns, &["status", "--json"]);
+        detected(&status)
+            && status["latency_lane_ports"]
+                .as_array()
+                .is_some_and(|p| p.iter().any(|p| p == 6112))
+    });
+    eprintln!("detected after {:?}", started.elapsed());
+    let status = lab.cli(&ns, &["status", "--json"]);
+    eprintln!("scan took {} ms", status["game_scan_ms"]);
+    let text = Command::new("ip")
+        .args(["netns", "exec", &ns, BIN, "status"])
+        .output()
+        .expect("lanrage status");
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("Warcraft III") && text.contains("6112"),
+        "{text}"
+    );
+
+    let _ = game.kill();
+    let _ = game.wait();
+    wait_for(
+        "the game to be gone and the lane reverted",
+        2 * SCAN,
+        || {
+            let status = lab.cli(&ns, &["status", "--json"]);
+            !detected(&status) && status["latency_lane_ports"] == serde_json::json!([])
+        },
+    );
+}

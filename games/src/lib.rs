@@ -1,4 +1,6 @@
 //! Games on the virtual LAN: profiles of known games (embedded data, overridable from the
-//! data directory).
+//! data directory) and detection of the ones running.
 
+pub mod detect;
+pub mod processes;
 pub mod profile;

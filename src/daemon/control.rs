@@ -25,14 +25,15 @@ use lanrage_engine::io::tun::TunAddresses;
 use lanrage_engine::lan::LanScope;
 use lanrage_engine::wire::{RELAY_HEADER_LEN, write_relay_header};
 use lanrage_engine::{
-    DeviceUpdate, Endpoint, EngineHandle, Event as EngineEvent, PeerUpdate, Prefix,
+    DeviceUpdate, Endpoint, EngineHandle, Event as EngineEvent, PeerUpdate, Prefix, PriorityPolicy,
 };
 
+use super::games::{GameScan, RunningGame};
 use super::local_link::LocalLink;
 use super::nat_check::NatCheck;
 use super::port_map::{Mapping, MappingView};
 use super::server_client::{CallError, ServerClient};
-use crate::local_api::{NatSummary, PartySummary, PeerInfo, RelaySummary, Status};
+use crate::local_api::{GameSummary, NatSummary, PartySummary, PeerInfo, RelaySummary, Status};
 
 /// WireGuard keepalive toward party members: keeps NAT mappings open between game packets.
 const KEEPALIVE_SECS: u16 = 25;
@@ -75,6 +76,10 @@ pub struct ControlThread {
     /// The port the router forwards to us, as the port mapper last found it (`None`: port
     /// mapping off).
     pub port_mapping: Option<MappingView>,
+    /// Scans for running games (`None`: detection off).
+    pub games: Option<Receiver<GameScan>>,
+    /// The latency lane without any game: running games' ports are added to it.
+    pub priority: PriorityPolicy,
 }
 
 struct State {
@@ -95,6 +100,11 @@ struct State {
     next_grants: Option<Instant>,
     /// The router's port mapping as last advertised.
     mapping: Option<Mapping>,
+    /// The games the last scan found, and how long it took.
+    games: Vec<RunningGame>,
+    game_scan: Option<Duration>,
+    /// The ports the engine's latency lane has now.
+    lane_ports: Vec<u16>,
 }
 
 impl ControlThread {
@@ -104,6 +114,8 @@ impl ControlThread {
         let (lan_tx, lan_rx) = bounded(256);
         let me = self.me;
         let engine_events = self.engine_events.clone();
+        let game_scans = self.games.clone().unwrap_or_else(crossbeam_channel::never);
+        let lane_ports = self.priority.ports.clone();
         let nat = NatCheck::new(self.stun_servers.clone());
         let paths = PathSelector::new(self.secret.into(), super::random_id);
         let mut state = State {
@@ -120,6 +132,9 @@ impl ControlThread {
             candidates: HashMap::new(),
             next_grants: None,
             mapping: None,
+            games: Vec::new(),
+            game_scan: None,
+            lane_ports,
         };
         state.resume();
         let mut next_address_check = Instant::now();
@@ -198,6 +213,11 @@ impl ControlThread {
                         }
                     }
                     Err(_) => break,
+                },
+                recv(game_scans) -> scan => {
+                    if let Ok(scan) = scan {
+                        state.games_scanned(scan);
+                    }
                 },
                 recv(shutdown) -> _ => break,
                 default(wait) => {}
@@ -676,6 +696,28 @@ impl State {
         Ok(party)
     }
 
+    /// A running game's traffic takes the latency lane while it runs; when it stops, the lane
+    /// is what it was.
+    fn games_scanned(&mut self, scan: GameScan) {
+        self.game_scan = Some(scan.took);
+        self.games = scan.running;
+        let mut ports = self.cfg.priority.ports.clone();
+        ports.extend(self.games.iter().flat_map(|g| g.ports.iter().copied()));
+        ports.sort_unstable();
+        ports.dedup();
+        if ports == self.lane_ports {
+            return;
+        }
+        let policy = PriorityPolicy {
+            ports: ports.clone(),
+            ..self.cfg.priority.clone()
+        };
+        if self.cfg.engine.set_priority(policy).is_ok() {
+            tracing::info!(?ports, "latency lane ports set for the running games");
+            self.lane_ports = ports;
+        }
+    }
+
     fn status(&self) -> Status {
         let party = self.membership.party().map(|p| PartySummary {
             id: p.id,
@@ -704,6 +746,18 @@ impl State {
             }),
             relays: self.relay_summary(),
             port_mapping: self.mapping.map(|m| m.to_string()),
+            games: self
+                .games
+                .iter()
+                .map(|g| GameSummary {
+                    id: g.detected.id.clone(),
+                    name: g.detected.name.clone(),
+                    process: g.detected.process.clone(),
+                    confidence: g.detected.confidence,
+                })
+                .collect(),
+            latency_lane_ports: self.lane_ports.clone(),
+            game_scan_ms: self.game_scan.map(|d| d.as_secs_f64() * 1e3),
         }
     }
 

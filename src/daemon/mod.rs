@@ -5,6 +5,7 @@
 
 mod api;
 mod control;
+mod games;
 mod key;
 pub(crate) mod lan;
 mod local_link;
@@ -22,7 +23,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use lanrage_control::peer_id::PeerId;
 use lanrage_engine::io::tun::{DEFAULT_MTU, TunDevice};
-use lanrage_engine::{DeviceUpdate, Engine, EngineConfig, default_threads};
+use lanrage_engine::{DeviceUpdate, Engine, EngineConfig, PriorityPolicy, default_threads};
 use x25519_dalek::{PublicKey, StaticSecret};
 
 use control::ControlThread;
@@ -59,6 +60,9 @@ pub struct UpArgs {
     /// Do not ask the router (PCP, NAT-PMP or UPnP IGD) to forward the WireGuard port.
     #[arg(long)]
     pub no_port_mapping: bool,
+    /// Do not watch for running games (whose traffic otherwise takes the latency lane).
+    #[arg(long)]
+    pub no_game_detection: bool,
 }
 
 pub fn run(args: UpArgs) -> Result<()> {
@@ -103,6 +107,17 @@ pub fn run(args: UpArgs) -> Result<()> {
 
     let (requests_tx, requests_rx) = crossbeam_channel::bounded(64);
     api::spawn(args.api, requests_tx)?;
+    let (game_watch, game_scans) = if args.no_game_detection {
+        (None, None)
+    } else {
+        match games::GameWatch::start(&args.data_dir) {
+            Ok((watch, scans)) => (Some(watch), Some(scans)),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start game detection");
+                (None, None)
+            }
+        }
+    };
     let control = ControlThread {
         interface: args.interface.clone(),
         me,
@@ -114,6 +129,8 @@ pub fn run(args: UpArgs) -> Result<()> {
         data_dir: args.data_dir.clone(),
         secret,
         port_mapping: port_mapper.as_ref().map(port_map::PortMapper::view),
+        games: game_scans,
+        priority: PriorityPolicy::default(),
         stun_servers: if args.stun.is_empty() {
             crate::netcheck::DEFAULT_STUN_SERVERS
                 .iter()
@@ -148,6 +165,7 @@ pub fn run(args: UpArgs) -> Result<()> {
     }
     drop(shutdown_tx);
     let _ = control.join();
+    drop(game_watch);
     // The router forgets our port before the interface goes (a bounded wait).
     if let Some(mapper) = &mut port_mapper {
         mapper.stop();
