@@ -2,10 +2,12 @@
 //! default, `--json` for scripts.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
 use lanrage_control::server_api::PartyJson;
+use lanrage_games::profile::{GameProfile, ProfileSet};
 use serde::Serialize;
 
 use crate::local_api::{Client, DEFAULT_ADDR, PeerInfo, Status};
@@ -21,6 +23,19 @@ pub struct ApiArgs {
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     pub json: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct GamesArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    /// List every known game profile (built in, and the data directory's `games/*.json`)
+    /// instead of the running games; needs no daemon.
+    #[arg(long)]
+    pub known: bool,
+    /// The data directory whose `games/` folder holds custom profiles.
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/lanrage")]
+    pub data_dir: PathBuf,
 }
 
 #[derive(Subcommand, Debug, Clone)]
@@ -51,6 +66,68 @@ pub fn peers(api: &ApiArgs) -> Result<()> {
         println!("no peers (not in a party, or alone in it)");
     }
     print_peers(&peers);
+    Ok(())
+}
+
+pub fn games(args: &GamesArgs) -> Result<()> {
+    if args.known {
+        let (profiles, errors) = ProfileSet::load(&args.data_dir);
+        for error in &errors {
+            eprintln!("lanrage: skipped: {error}");
+        }
+        let all: Vec<&GameProfile> = profiles.iter().collect();
+        if args.api.json {
+            // The profile files' own format: an object keyed by game id.
+            let by_id: std::collections::BTreeMap<&str, &GameProfile> =
+                all.iter().map(|p| (p.id.as_str(), *p)).collect();
+            return print_json(&by_id);
+        }
+        println!(
+            "{:<24} {:<44} {:<22} {:<5} DISCOVERY",
+            "ID", "NAME", "EXECUTABLE", "PROTO"
+        );
+        for p in &all {
+            let ports: Vec<String> = p.ports.iter().map(u16::to_string).collect();
+            let discovery: Vec<String> = p
+                .discovery
+                .iter()
+                .map(|d| format!("{}:{}", d.address, d.port))
+                .collect();
+            println!(
+                "{:<24} {:<44} {:<22} {:<5} {}  (ports {})",
+                p.id,
+                p.name,
+                p.executable,
+                format!("{:?}", p.protocol).to_lowercase(),
+                if discovery.is_empty() {
+                    "-".to_owned()
+                } else {
+                    discovery.join(" ")
+                },
+                ports.join(",")
+            );
+        }
+        println!("{} games known", all.len());
+        return Ok(());
+    }
+    let status = Client::new(args.api.api).status()?;
+    if args.api.json {
+        return print_json(&status.games);
+    }
+    if status.game_scan_ms.is_none() {
+        println!("game detection is off (lanrage up --no-game-detection)");
+    } else if status.games.is_empty() {
+        println!("no known game running (lanrage games --known lists them)");
+    }
+    for g in &status.games {
+        println!(
+            "{:<24} {:<44} {} ({:.0}% sure)",
+            g.id,
+            g.name,
+            g.process.as_deref().unwrap_or("-"),
+            g.confidence * 100.0
+        );
+    }
     Ok(())
 }
 

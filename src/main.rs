@@ -40,6 +40,8 @@ enum Command {
     },
     /// The other members: virtual IPs, endpoints, traffic.
     Peers(cli::ApiArgs),
+    /// The games running here (detected by the daemon), or every known game profile.
+    Games(cli::GamesArgs),
     /// What this host's NAT does to UDP: NAT type, reflexive address, filtering (STUN).
     Netcheck(netcheck::NetcheckArgs),
     /// Userspace WireGuard interface, configured with `wg` (drop-in for `wireguard-go IFNAME`).
@@ -58,6 +60,7 @@ fn main() -> ExitCode {
         Command::Status(api) => cli::status(&api),
         Command::Party { command, api } => cli::party(&api, &command),
         Command::Peers(api) => cli::peers(&api),
+        Command::Games(args) => cli::games(&args),
         Command::Netcheck(args) => netcheck::run(args),
         Command::Wg(args) => wg::run(args),
         Command::ControlServer(args) => control_server::run(args),

@@ -483,6 +483,15 @@ fn the_cli_says_clearly_when_no_daemon_runs() {
     let (ok, _, err) = lab.cli_status(&lab.members[0], &["status"]);
     assert!(!ok);
     assert!(err.contains("no LANrage daemon is running"), "{err}");
+    // The known games need no daemon.
+    let dir = lab.dir.to_string_lossy().into_owned();
+    let known = lab.cli(
+        &lab.members[0],
+        &["games", "--known", "--json", "--data-dir", &dir],
+    );
+    let known = known.as_object().expect("an object keyed by game id");
+    assert!(known.len() >= 100, "{} games", known.len());
+    assert_eq!(known["warcraft3"]["ports"], serde_json::json!([6112]));
 }
 
 #[test]
@@ -644,6 +653,8 @@ fn a_running_game_is_detected_and_its_ports_take_the_latency_lane() {
         text.contains("Warcraft III") && text.contains("6112"),
         "{text}"
     );
+    let games = lab.cli(&ns, &["games", "--json"]);
+    assert_eq!(games[0]["id"], "warcraft3", "{games}");
 
     let _ = game.kill();
     let _ = game.wait();
