@@ -84,27 +84,37 @@ impl ReceiveQueue {
         self.pop_bulk()
     }
 
-    /// The oldest bulk slots, in order, into `out`, as many as fit in `max_bytes` (at least
-    /// one) and in `out`; returns how many. Each is to be [`release`](Self::release)d after.
-    /// A turn's work: one GRO train or super-packet, or many lone datagrams at once.
-    pub fn pop_batch(&mut self, max_bytes: usize, out: &mut [u8]) -> usize {
-        let mut taken = 0;
+    /// The oldest bulk slots, in order, as many as fit in `max_bytes` (at least one) and
+    /// `max_slots`: a turn's work, one GRO train or super-packet, or many lone datagrams at
+    /// once. Give them back with [`release_turn`](Self::release_turn) once handled.
+    pub fn pop_turn(&mut self, max_bytes: usize, max_slots: usize) -> Turn {
+        let mut turn = Turn {
+            slots: [0; MAX_SLOTS],
+            len: 0,
+        };
         let mut bytes = 0;
         while let Some(&front) = self.bulk.front() {
             let len = self.len[usize::from(front)];
-            if taken == out.len() || (taken > 0 && bytes + len > max_bytes) {
+            if turn.len == max_slots.min(MAX_SLOTS) || (turn.len > 0 && bytes + len > max_bytes) {
                 break;
             }
             bytes += len;
-            out[taken] = front;
-            taken += 1;
+            turn.slots[turn.len] = front;
+            turn.len += 1;
             self.pop_bulk();
         }
-        taken
+        turn
+    }
+
+    /// Gives back every slot of a turn.
+    pub fn release_turn(&mut self, turn: &Turn) {
+        for slot in turn.slots() {
+            self.release(slot);
+        }
     }
 
     /// The oldest bulk slot, to handle and then [`release`](Self::release).
-    pub fn pop_bulk(&mut self) -> Option<usize> {
+    fn pop_bulk(&mut self) -> Option<usize> {
         let slot = usize::from(self.bulk.pop_front()?);
         self.bulk_bytes -= self.len[slot];
         Some(slot)
@@ -115,6 +125,24 @@ impl ReceiveQueue {
     pub fn release(&mut self, slot: usize) {
         self.len[slot] = 0;
         self.free |= 1 << slot;
+    }
+}
+
+/// Slots taken by [`ReceiveQueue::pop_turn`], oldest first. A value of its own, so the
+/// worker can hand them to a method of its own while the queue waits for them back.
+#[derive(Debug, Clone, Copy)]
+pub struct Turn {
+    slots: [u8; MAX_SLOTS],
+    len: usize,
+}
+
+impl Turn {
+    pub fn slots(&self) -> impl Iterator<Item = usize> + '_ {
+        self.slots[..self.len].iter().map(|&s| usize::from(s))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
     }
 }
 
@@ -184,18 +212,17 @@ mod tests {
         for slot in [9, 1, 0] {
             q.push_bulk(slot, 1_400);
         }
-        let mut out = [0u8; 16];
-        assert_eq!(q.pop_batch(65_536, &mut out), 1);
-        assert_eq!(out[0], 4);
+        let taken = |turn: Turn| turn.slots().collect::<Vec<_>>();
+        assert_eq!(taken(q.pop_turn(65_536, 16)), [4]);
         // Over the byte budget alone, still one.
-        assert_eq!(q.pop_batch(1_000, &mut out), 1);
-        assert_eq!(out[0], 2);
-        assert_eq!(q.pop_batch(65_536, &mut out[..2]), 2);
-        assert_eq!(out[..2], [9, 1]);
-        assert_eq!(q.pop_batch(65_536, &mut out), 1);
-        assert_eq!(out[0], 0);
-        assert_eq!(q.pop_batch(65_536, &mut out), 0);
+        assert_eq!(taken(q.pop_turn(1_000, 16)), [2]);
+        let turn = q.pop_turn(65_536, 2);
+        assert_eq!(taken(turn), [9, 1]);
+        assert_eq!(taken(q.pop_turn(65_536, 16)), [0]);
+        assert!(q.pop_turn(65_536, 16).is_empty());
         assert_eq!(q.bulk_bytes(), 0);
+        q.release_turn(&turn);
+        assert_eq!(q.free() & 0b10_0000_0010, 0b10_0000_0010);
     }
 
     #[test]

@@ -29,7 +29,7 @@ use crate::io::udp::{
 use crate::priority::PriorityPolicy;
 use crate::receive_queue::{self, BULK_LIMIT, ReceiveQueue};
 use crate::shared::Shared;
-use crate::stats::DropReason;
+use crate::stats::{DropCounters, DropReason};
 use crate::table::PeerTable;
 use crate::wire::{self, Datagram};
 
@@ -270,13 +270,10 @@ impl Worker {
     fn tun_batch(&mut self, read: bool) -> bool {
         let policy = self.shared.priority.load();
         let more = read && self.read_frames(&policy);
-        let mut turn = [0u8; TUN_SLOTS];
-        let taken = self.tun_queue.pop_batch(TURN_BYTES, &mut turn);
-        if taken > 0 {
-            self.encrypt_frames(&policy, turn[..taken].iter().map(|&s| usize::from(s)));
-            for &slot in &turn[..taken] {
-                self.tun_queue.release(usize::from(slot));
-            }
+        let turn = self.tun_queue.pop_turn(TURN_BYTES, TUN_SLOTS);
+        if !turn.is_empty() {
+            self.encrypt_frames(&policy, turn.slots());
+            self.tun_queue.release_turn(&turn);
         }
         more
     }
@@ -363,42 +360,18 @@ impl Worker {
                 continue;
             };
             let priority = policy.is_priority_packet(packet);
-            match dataplane::encapsulate(&table, packet, out) {
-                Outbound::Send { datagram, to } => {
-                    let len = datagram.len();
-                    self.pending.push(Pending {
-                        start: at,
-                        len,
-                        to,
-                        priority,
-                    });
-                    at += len;
+            let drops = &self.shared.drops;
+            let outbound = dataplane::encapsulate(&table, packet, out);
+            if book(&mut self.pending, &mut at, outbound, priority, drops) {
+                // A LAN broadcast: one copy per member, each in its own session.
+                for peer in table.peers() {
+                    let Some(out) = self.send_buf.get_mut(at..at + room) else {
+                        drops.record(DropReason::QueueFull);
+                        break;
+                    };
+                    let outbound = dataplane::encapsulate_to(peer, packet, out);
+                    book(&mut self.pending, &mut at, outbound, priority, drops);
                 }
-                Outbound::Queued => {}
-                Outbound::Fanout => {
-                    // A LAN broadcast: one copy per member, each in its own session.
-                    for peer in table.peers() {
-                        let Some(out) = self.send_buf.get_mut(at..at + room) else {
-                            self.shared.drops.record(DropReason::QueueFull);
-                            break;
-                        };
-                        match dataplane::encapsulate_to(peer, packet, out) {
-                            Outbound::Send { datagram, to } => {
-                                let len = datagram.len();
-                                self.pending.push(Pending {
-                                    start: at,
-                                    len,
-                                    to,
-                                    priority,
-                                });
-                                at += len;
-                            }
-                            Outbound::Dropped(reason) => self.shared.drops.record(reason),
-                            Outbound::Queued | Outbound::Fanout => {}
-                        }
-                    }
-                }
-                Outbound::Dropped(reason) => self.shared.drops.record(reason),
             }
         }
         drop(table);
@@ -473,13 +446,10 @@ impl Worker {
         if urgent != 0 {
             self.decrypt(&policy, receive_queue::slots(urgent));
         }
-        let mut turn = [0u8; RECV_SLOTS];
-        let taken = self.receive.pop_batch(TURN_BYTES, &mut turn);
-        if taken > 0 {
-            self.decrypt(&policy, turn[..taken].iter().map(|&s| usize::from(s)));
-            for &slot in &turn[..taken] {
-                self.receive.release(usize::from(slot));
-            }
+        let turn = self.receive.pop_turn(TURN_BYTES, RECV_SLOTS);
+        if !turn.is_empty() {
+            self.decrypt(&policy, turn.slots());
+            self.receive.release_turn(&turn);
         }
         more
     }
@@ -565,6 +535,33 @@ impl Worker {
         }
         sink.flush();
     }
+}
+
+/// Books an encrypted datagram that was written at `*at` in the send buffer, and moves `*at`
+/// past it; counts a drop. Returns whether the packet is a LAN broadcast, for every member.
+fn book(
+    pending: &mut Vec<Pending>,
+    at: &mut usize,
+    outbound: Outbound<'_>,
+    priority: bool,
+    drops: &DropCounters,
+) -> bool {
+    match outbound {
+        Outbound::Send { datagram, to } => {
+            let len = datagram.len();
+            pending.push(Pending {
+                start: *at,
+                len,
+                to,
+                priority,
+            });
+            *at += len;
+        }
+        Outbound::Dropped(reason) => drops.record(reason),
+        Outbound::Queued => {}
+        Outbound::Fanout => return true,
+    }
+    false
 }
 
 /// Where decrypted datagrams go: the TUN write batch, or back out (handshake replies).
