@@ -333,7 +333,7 @@ fn accept_source<'a>(
     }
     if let Some(lan) = table.lan()
         && IpHeader::parse(packet).is_some_and(|h| lan.scope.is_fanout(&h))
-        && !peer.lan_in.admit(crate::lan::now_ns(), packet.len())
+        && !peer.lan_in.admit(crate::rate_limit::now_ns(), packet.len())
     {
         return Inbound::Dropped(DropReason::BroadcastRateLimited);
     }

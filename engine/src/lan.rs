@@ -15,10 +15,8 @@
 //! cannot crowd out unicast. What is refused is counted (`broadcast_rate_limited`).
 
 use std::net::Ipv4Addr;
-use std::sync::OnceLock;
-use std::time::Instant;
 
-use crate::rate_limit::Gcra;
+use crate::rate_limit::{Gcra, now_ns};
 use crate::wire::IpHeader;
 
 /// Broadcast and multicast bytes per second each member may send, and is accepted from each
@@ -99,13 +97,6 @@ impl Lan {
 /// A member's budget for the broadcasts we accept from it.
 pub fn inbound_budget() -> Gcra {
     Gcra::new(RATE_PER_MEMBER, BURST)
-}
-
-/// Nanoseconds on one monotonic clock shared by every limiter of this process.
-pub(crate) fn now_ns() -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    let epoch = *EPOCH.get_or_init(Instant::now);
-    u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

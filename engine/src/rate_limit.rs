@@ -9,7 +9,9 @@
 //! compare-exchange per datagram, so workers on different cores share a route's budget
 //! without a lock and without any background timer.
 
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 const NANOS_PER_SEC: u128 = 1_000_000_000;
 /// Fixed-point shift of `ns_per_byte`: the cost of a datagram is one multiplication instead of
@@ -107,6 +109,14 @@ impl Gcra {
             }
         }
     }
+}
+
+/// Nanoseconds on one monotonic clock shared by every limiter of this process: a limiter
+/// used from several threads needs them all to read the same clock.
+pub fn now_ns() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

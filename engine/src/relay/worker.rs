@@ -9,7 +9,7 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use crossbeam_channel::{Receiver, Sender};
@@ -20,6 +20,7 @@ use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState};
 use crate::io::udp::{
     self, RECV_BUF_LEN, RECV_BUFS, Received, canonical, for_socket, gro_stride, recv_batch,
 };
+use crate::rate_limit;
 use crate::relay::forward::{Forward, RelayCounters, RelayDrop, forward};
 use crate::relay::route::RouteTable;
 use crate::worker::{MAX_GSO_SEGMENTS, WorkerHandle, send_with_patience};
@@ -94,8 +95,6 @@ impl Relay {
             port: local.port(),
             workers: Vec::with_capacity(sockets.len()),
         };
-        // One clock for every worker: the routes' limiters are shared between them.
-        let epoch = Instant::now();
         for (id, socket) in sockets.into_iter().enumerate() {
             // On failure, dropping `relay` stops the workers already started.
             let worker = RelayWorker::spawn(
@@ -104,7 +103,6 @@ impl Relay {
                 relay.routes.clone(),
                 relay.counters.clone(),
                 events.clone(),
-                epoch,
             )?;
             relay.workers.push(worker);
         }
@@ -209,7 +207,6 @@ struct RelayWorker {
     routes: Arc<ArcSwap<RouteTable>>,
     counters: Arc<RelayCounters>,
     events: Sender<RelayEvent>,
-    epoch: Instant,
     stop: Arc<AtomicBool>,
     poll: Poll,
     recv_bufs: Vec<u8>,
@@ -231,7 +228,6 @@ impl RelayWorker {
         routes: Arc<ArcSwap<RouteTable>>,
         counters: Arc<RelayCounters>,
         events: Sender<RelayEvent>,
-        epoch: Instant,
     ) -> io::Result<WorkerHandle> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKE)?);
@@ -247,7 +243,6 @@ impl RelayWorker {
             routes,
             counters,
             events,
-            epoch,
             stop: stop.clone(),
             poll,
             recv_bufs: vec![0; RECV_BUFS * RECV_BUF_LEN],
@@ -301,7 +296,8 @@ impl RelayWorker {
             Received::Retry => return true,
         };
         let table = self.routes.load();
-        let now_ns = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        // One clock for every worker: the routes' limiters are shared between them.
+        let now_ns = rate_limit::now_ns();
         for m in 0..n.min(RECV_BUFS) {
             let meta = self.recv_meta[m];
             let from = canonical(meta.addr);
