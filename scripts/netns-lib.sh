@@ -171,26 +171,39 @@ nl_cleanup() {
 # nl_in NS CMD... — run CMD inside namespace NS.
 nl_in() { local ns="$1"; shift; ip netns exec "$ns" "$@"; }
 
-# nl_make_pair NS_A NS_B — two fresh namespaces joined by a veth pair (198.18.0.1 <-> .2),
-# loopback up, IPv6 off (no router solicitations or DAD noise in the tunnel).
+# nl_make_ns NS — a fresh namespace, removed by nl_cleanup: loopback up, IPv6 off (no router
+# solicitations or DAD noise in the tunnel).
+nl_make_ns() {
+    local ns="$1"
+    if ip netns list | awk '{print $1}' | grep -qx -- "$ns"; then
+        nl_die "namespace '$ns' already exists"
+    fi
+    ip netns add "$ns" || nl_die "cannot create namespace '$ns'"
+    NL_NAMESPACES+=("$ns")
+    nl_in "$ns" ip link set lo up
+    nl_in "$ns" sysctl -q -w net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1 >/dev/null 2>&1 || true
+}
+
+# nl_link NS_X NS_Y IFX IFY IPX IPY — a veth pair between two namespaces, /30 addresses, up.
+nl_link() {
+    local x="$1" y="$2" ifx="$3" ify="$4" ipx="$5" ipy="$6"
+    ip link add "$ifx" netns "$x" type veth peer name "$ify" netns "$y" \
+        || nl_die "cannot create veth pair $ifx/$ify"
+    nl_in "$x" ip addr add "$ipx/30" dev "$ifx"
+    nl_in "$y" ip addr add "$ipy/30" dev "$ify"
+    nl_in "$x" ip link set "$ifx" up
+    nl_in "$y" ip link set "$ify" up
+}
+
+# nl_make_pair NS_A NS_B — two fresh namespaces (nl_make_ns) joined by a veth pair
+# (198.18.0.1 <-> .2).
 nl_make_pair() {
     local a="$1" b="$2" ns
     for ns in "$a" "$b"; do
-        if ip netns list | awk '{print $1}' | grep -qx -- "$ns"; then
-            nl_die "namespace '$ns' already exists"
-        fi
-        ip netns add "$ns" || nl_die "cannot create namespace '$ns'"
-        NL_NAMESPACES+=("$ns")
-        nl_in "$ns" ip link set lo up
-        nl_in "$ns" sysctl -q -w net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1 >/dev/null 2>&1 || true
+        nl_make_ns "$ns"
     done
     local va="va${NL_ID}" vb="vb${NL_ID}"
-    ip link add "$va" netns "$a" type veth peer name "$vb" netns "$b" \
-        || nl_die "cannot create veth pair $va/$vb"
-    nl_in "$a" ip addr add "$NL_UNDERLAY_A/30" dev "$va"
-    nl_in "$b" ip addr add "$NL_UNDERLAY_B/30" dev "$vb"
-    nl_in "$a" ip link set "$va" up
-    nl_in "$b" ip link set "$vb" up
+    nl_link "$a" "$b" "$va" "$vb" "$NL_UNDERLAY_A" "$NL_UNDERLAY_B"
     # Wait for carrier so that the first packets are not lost.
     local i
     for ((i = 0; i < 50; i++)); do

@@ -159,32 +159,10 @@ NS_A="lrrelay-$$-a"
 NS_R="lrrelay-$$-relay"
 NS_B="lrrelay-$$-b"
 
-make_ns() {
-    local ns="$1"
-    if ip netns list | awk '{print $1}' | grep -qx -- "$ns"; then
-        nl_die "namespace '$ns' already exists"
-    fi
-    ip netns add "$ns" || nl_die "cannot create namespace '$ns'"
-    NL_NAMESPACES+=("$ns")
-    nl_in "$ns" ip link set lo up
-    nl_in "$ns" sysctl -q -w net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1 >/dev/null 2>&1 || true
-}
-
-# link NS_X NS_Y IFX IFY IPX IPY — a veth pair, /30 addresses, up.
-link() {
-    local x="$1" y="$2" ifx="$3" ify="$4" ipx="$5" ipy="$6"
-    ip link add "$ifx" netns "$x" type veth peer name "$ify" netns "$y" \
-        || nl_die "cannot create veth pair $ifx/$ify"
-    nl_in "$x" ip addr add "$ipx/30" dev "$ifx"
-    nl_in "$y" ip addr add "$ipy/30" dev "$ify"
-    nl_in "$x" ip link set "$ifx" up
-    nl_in "$y" ip link set "$ify" up
-}
-
 nl_log "namespaces $NS_A — $NS_R — $NS_B (two veth links, $(nproc) cores, kernel $(uname -r))"
-for ns in "$NS_A" "$NS_R" "$NS_B"; do make_ns "$ns"; done
-link "$NS_A" "$NS_R" "rla${NL_ID}" "rlr${NL_ID}a" "$IP_A" "$IP_RA"
-link "$NS_B" "$NS_R" "rlb${NL_ID}" "rlr${NL_ID}b" "$IP_B" "$IP_RB"
+for ns in "$NS_A" "$NS_R" "$NS_B"; do nl_make_ns "$ns"; done
+nl_link "$NS_A" "$NS_R" "rla${NL_ID}" "rlr${NL_ID}a" "$IP_A" "$IP_RA"
+nl_link "$NS_B" "$NS_R" "rlb${NL_ID}" "rlr${NL_ID}b" "$IP_B" "$IP_RB"
 nl_in "$NS_R" ip addr add "$IP_RELAY/32" dev lo
 nl_in "$NS_R" sysctl -q -w net.ipv4.ip_forward=1 >/dev/null
 nl_in "$NS_A" ip route add default via "$IP_RA"

@@ -215,6 +215,18 @@ impl Lab {
         json
     }
 
+    /// The first member creates a party and every other member joins it by its code.
+    fn form_party(&self) {
+        let party = self.cli(
+            &self.members[0],
+            &["party", "create", "LAN night", "--json"],
+        );
+        let code = party["code"].as_str().expect("a party code").to_owned();
+        for member in &self.members[1..] {
+            self.cli(member, &["party", "join", &code, "--json"]);
+        }
+    }
+
     /// Every member's virtual IP, once all of them are distinct and every member pings every
     /// other one.
     fn all_ping_each_other(&self) -> Vec<String> {
@@ -452,10 +464,7 @@ fn without_a_server_players_on_one_lan_find_each_other() {
     let mut lab = Lab::new(3);
     lab.start_daemons(true);
     let [a, b, c] = [0, 1, 2].map(|i| lab.members[i].clone());
-    let party = lab.cli(&a, &["party", "create", "LAN night", "--json"]);
-    let code = party["code"].as_str().expect("a party code").to_owned();
-    lab.cli(&b, &["party", "join", &code, "--json"]);
-    lab.cli(&c, &["party", "join", &code, "--json"]);
+    lab.form_party();
     wait_for("all three to see each other", PING_TIMEOUT, || {
         [&a, &b, &c].iter().all(|ns| {
             lab.cli(ns, &["peers", "--json"])
@@ -531,10 +540,7 @@ fn game_discovery_broadcasts_reach_every_member_once() {
     let mut lab = Lab::new(3);
     lab.start_daemons(true);
     let [a, b, c] = [0, 1, 2].map(|i| lab.members[i].clone());
-    let party = lab.cli(&a, &["party", "create", "LAN night", "--json"]);
-    let code = party["code"].as_str().expect("a party code").to_owned();
-    lab.cli(&b, &["party", "join", &code, "--json"]);
-    lab.cli(&c, &["party", "join", &code, "--json"]);
+    lab.form_party();
     let ips = lab.all_ping_each_other();
     let subnet_broadcast = lab.subnet_broadcast(&a);
 

@@ -19,34 +19,9 @@ use lanrage_engine::relay::{Forward, Gcra, Route, RouteTable, forward};
 use lanrage_engine::wire::{RELAY_CONTROL_MAGIC, RELAY_DATA_MAGIC, RELAY_HEADER_LEN};
 use libfuzzer_sys::fuzz_target;
 
-/// Input bytes, read front to back; reading past the end gives zeros.
-struct Input<'a>(&'a [u8]);
-
-impl Input<'_> {
-    fn byte(&mut self) -> u8 {
-        match self.0.split_first() {
-            Some((&b, rest)) => {
-                self.0 = rest;
-                b
-            }
-            None => 0,
-        }
-    }
-
-    fn u32(&mut self) -> u32 {
-        u32::from_be_bytes([self.byte(), self.byte(), self.byte(), self.byte()])
-    }
-
-    fn bytes(&mut self, n: usize) -> &[u8] {
-        let (head, rest) = self.0.split_at(n.min(self.0.len()));
-        self.0 = rest;
-        head
-    }
-
-    fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
+#[path = "common/input.rs"]
+mod input;
+use input::Input;
 
 fn addrs() -> [SocketAddr; 6] {
     [

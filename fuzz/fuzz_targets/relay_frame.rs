@@ -25,34 +25,13 @@ use lanrage_control::relay::frame::{ACK_LEN, Ack, BIND_LEN, Bind};
 use lanrage_control::relay::{Grant, RelayClient, RelaySecret, RelaySessions, SessionId, Side};
 use libfuzzer_sys::fuzz_target;
 
+#[path = "common/input.rs"]
+mod input;
+use input::Input;
+
 /// Sessions the relay holds at most: small, so the fuzzer fills it and meets refusals.
 const MAX_SESSIONS: usize = 3;
 const UNIX_T0: u64 = 1_700_000_000;
-
-/// Input bytes, read front to back; reading past the end gives zeros.
-struct Input<'a>(&'a [u8]);
-
-impl Input<'_> {
-    fn byte(&mut self) -> u8 {
-        match self.0.split_first() {
-            Some((&b, rest)) => {
-                self.0 = rest;
-                b
-            }
-            None => 0,
-        }
-    }
-
-    fn bytes(&mut self, n: usize) -> &[u8] {
-        let (head, rest) = self.0.split_at(n.min(self.0.len()));
-        self.0 = rest;
-        head
-    }
-
-    fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
 
 fn addrs() -> [SocketAddr; 6] {
     [
