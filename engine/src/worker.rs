@@ -7,7 +7,7 @@
 //! (`receive_queue`): the latency lane's packets are handled as soon as they are read, bulk
 //! waits there in arrival order, bounded, instead of in the kernel's queues.
 
-use std::io::{self, IoSliceMut};
+use std::io::{self, IoSlice, IoSliceMut};
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
@@ -17,11 +17,12 @@ use std::time::{Duration, Instant};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState};
-use tun_rs::{GROTable, SyncDevice};
+use tun_rs::SyncDevice;
 
 use crate::config::Event;
 use crate::dataplane::{self, Inbound, Outbound};
 use crate::io::cpu::{self, Governor, Placement, Steering};
+use crate::io::gro::{Coalescer, MAX_SEGMENTS};
 use crate::io::tun::{Frame, MAX_FRAME, MAX_MTU, OFFLOAD_HEADROOM};
 use crate::io::udp::{
     RECV_BUF_LEN as UDP_RECV_BUF_LEN, Received, canonical, for_socket, gro_stride, recv_into,
@@ -109,7 +110,7 @@ pub struct Worker {
     recv_meta: [RecvMeta; RECV_SLOTS],
     receive: ReceiveQueue,
     tun_out: Vec<Vec<u8>>,
-    gro: GROTable,
+    gro: Coalescer,
     scratch: Vec<u8>,
     /// Packets handled since the governor last heard.
     handled: usize,
@@ -152,6 +153,7 @@ impl Worker {
         let dual_stack = udp.local_addr()?.is_ipv6();
         let stop = Arc::new(AtomicBool::new(false));
         let offload = tun.tcp_gso();
+        let udp_gro = offload && tun.udp_gso();
         let packet_buf = OFFLOAD_HEADROOM + MAX_MTU;
         let mut worker = Worker {
             shared,
@@ -172,15 +174,17 @@ impl Worker {
             recv_bufs: vec![0; RECV_SLOTS * UDP_RECV_BUF_LEN],
             recv_meta: [RecvMeta::default(); RECV_SLOTS],
             receive: ReceiveQueue::new(RECV_SLOTS, BULK_LIMIT),
-            // Coalesced writes grow a buffer up to 64 KiB; reserve it now.
+            // A slot holds one decrypted packet (or a handshake reply, which may be longer).
             tun_out: (0..BATCH)
                 .map(|_| {
-                    let mut b = Vec::with_capacity(OFFLOAD_HEADROOM + 65_535);
+                    let mut b = Vec::with_capacity(
+                        OFFLOAD_HEADROOM + MAX_DATAGRAM + dataplane::MIN_OUTPUT_LEN,
+                    );
                     b.resize(packet_buf, 0);
                     b
                 })
                 .collect(),
-            gro: GROTable::default(),
+            gro: Coalescer::new(BATCH, udp_gro),
             scratch: vec![0; MAX_DATAGRAM + dataplane::MIN_OUTPUT_LEN],
             handled: 0,
             locality: None,
@@ -520,6 +524,7 @@ impl Worker {
             tun: &self.tun,
             tun_out: &mut self.tun_out,
             tun_out_len: 0,
+            offload: self.offload,
             gro: &mut self.gro,
             scratch: &mut self.scratch,
         };
@@ -573,7 +578,8 @@ struct TunSink<'w> {
     tun_out: &'w mut [Vec<u8>],
     /// Packets waiting in `tun_out`; every batch ends with a flush, so a sink starts empty.
     tun_out_len: usize,
-    gro: &'w mut GROTable,
+    offload: bool,
+    gro: &'w mut Coalescer,
     scratch: &'w mut [u8],
 }
 
@@ -645,18 +651,33 @@ impl TunSink<'_> {
         }
     }
 
-    /// Writes the decrypted packets, coalescing TCP segments of one flow (GRO) when the device
-    /// has offload.
+    /// Writes the decrypted packets: with offload, consecutive segments of a flow as one
+    /// super-packet gathered in place (`io::gro`); without, one write per packet.
     fn flush(&mut self) {
-        let batch = &mut self.tun_out[..self.tun_out_len];
-        self.tun_out_len = 0;
-        if batch.is_empty() {
+        let len = std::mem::take(&mut self.tun_out_len);
+        let (tun, drops) = (self.tun, &self.shared.drops);
+        if !self.offload {
+            for slot in &self.tun_out[..len] {
+                write_tun(tun, drops, &[IoSlice::new(&slot[OFFLOAD_HEADROOM..])], 1);
+            }
             return;
         }
-        if let Err(e) = self.tun.send_multiple(self.gro, batch, OFFLOAD_HEADROOM) {
-            tracing::debug!(error = %e, "TUN write failed");
-            self.shared.drops.record(DropReason::TunWriteFailed);
+        self.gro.plan(&mut self.tun_out[..len]);
+        let batch = &self.tun_out[..len];
+        for group in self.gro.groups() {
+            let mut iov = [IoSlice::new(&[]); MAX_SEGMENTS];
+            let n = self.gro.gather(group, batch, &mut iov);
+            write_tun(tun, drops, &iov[..n], group.segments);
         }
+    }
+}
+
+/// One write to a TUN queue; a failure drops its `packets`, counted. (TUN writes never block:
+/// the kernel takes the packet or drops it.)
+fn write_tun(tun: &SyncDevice, drops: &DropCounters, iov: &[IoSlice<'_>], packets: usize) {
+    if let Err(e) = tun.send_vectored(iov) {
+        tracing::debug!(error = %e, "TUN write failed");
+        drops.add(DropReason::TunWriteFailed, packets as u64);
     }
 }
 

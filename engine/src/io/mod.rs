@@ -2,5 +2,6 @@
 //! (one per worker, sharing the port with SO_REUSEPORT).
 
 pub mod cpu;
+pub mod gro;
 pub mod tun;
 pub mod udp;
