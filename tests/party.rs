@@ -399,6 +399,41 @@ fn pings(from: &str, to: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// Average RTT in ms of `count` pings from `from` to `to`, 20 ms apart.
+fn ping_avg(from: &str, to: &str, count: u32) -> f64 {
+    let out = Command::new("ip")
+        .args([
+            "netns", "exec", from, "ping", "-q", "-n", "-i", "0.02", "-W", "1", "-c",
+        ])
+        .arg(count.to_string())
+        .arg(to)
+        .output()
+        .expect("ping runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "rtt min/avg/max/mdev = 0.051/0.083/0.170/0.020 ms"
+    text.lines()
+        .find_map(|l| l.strip_prefix("rtt min/avg/max/mdev = "))
+        .and_then(|v| v.split('/').nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no RTT from {from} to {to}: {text}"))
+}
+
+/// Bytes through `ns`'s tunnel interface so far: (received, sent).
+fn tunnel_bytes(ns: &str) -> (u64, u64) {
+    let read = |dir: &str| {
+        let out = Command::new("ip")
+            .args(["netns", "exec", ns, "cat"])
+            .arg(format!("/sys/class/net/lr0/statistics/{dir}_bytes"))
+            .output()
+            .expect("cat runs");
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0)
+    };
+    (read("rx"), read("tx"))
+}
+
 #[test]
 fn three_players_form_a_party_ping_each_other_and_survive_a_server_restart() {
     let mut lab = Lab::new(3);
@@ -534,7 +569,9 @@ fn the_demo_runs_and_cleans_up() {
 
 /// A LAN game's discovery across the party: what member A sends to everyone on the LAN
 /// (subnet broadcast, limited broadcast, a game's multicast group, an mDNS query) reaches the
-/// listeners of B and C exactly once each, from A's virtual IP; B's unicast answer reaches A.
+/// listeners of B and C exactly once each, from A's virtual IP, even from sockets bound to no
+/// address on a host whose default route is elsewhere; B's unicast answer reaches A; a crashed
+/// daemon's capture rules are replaced by its successor's, and leaving removes them.
 #[test]
 fn game_discovery_broadcasts_reach_every_member_once() {
     let mut lab = Lab::new(3);
@@ -556,19 +593,28 @@ fn game_discovery_broadcasts_reach_every_member_once() {
     listeners.push(lab.udp_listener(&a, 4446, None, &reply_file));
     std::thread::sleep(Duration::from_millis(300));
 
+    // Like most hosts, A's default route is its physical LAN (which B and C share): a game's
+    // broadcast from a socket bound to no address would leave by eth0 and reach them from A's
+    // LAN address. The daemon's policy rules send it to the party instead.
+    lab.in_ns(&a, &["ip", "route", "add", "default", "dev", "eth0"]);
+    let rules =
+        String::from_utf8_lossy(&lab.in_ns(&a, &["ip", "rule", "show"]).stdout).into_owned();
+    for port in ["4445", "6112", "7777", "27015"] {
+        assert!(
+            rules.contains(&format!(
+                "to 255.255.255.255 ipproto udp dport {port} lookup"
+            )) && rules.contains(&format!("to 224.0.0.0/4 ipproto udp dport {port} lookup")),
+            "capture rules for port {port}:\n{rules}"
+        );
+    }
+
     let a_ip = &ips[0];
     let sends = [
         ("subnet", format!("{subnet_broadcast}:4445,broadcast")),
-        // A game that binds to the party's interface; the host-side route for games that do
-        // not is a separate step.
-        (
-            "limited",
-            "255.255.255.255:4445,broadcast,so-bindtodevice=lr0".to_owned(),
-        ),
-        (
-            "minecraft",
-            format!("224.0.2.60:4445,ip-multicast-if={a_ip}"),
-        ),
+        // Unbound sockets, as most games use: routed into the tunnel by the capture rules.
+        ("limited", "255.255.255.255:4445,broadcast".to_owned()),
+        ("minecraft", "224.0.2.60:4445".to_owned()),
+        // An mDNS responder picks its interfaces itself.
         ("mdns", format!("224.0.0.251:5353,ip-multicast-if={a_ip}")),
     ];
     for (payload, to) in &sends {
@@ -606,6 +652,99 @@ fn game_discovery_broadcasts_reach_every_member_once() {
         let _ = listener.kill();
         let _ = listener.wait();
     }
+
+    // A daemon killed outright leaves its rules; the next one removes them and installs its
+    // own: one set, pointing at one table.
+    let capture_rules = |lab: &Lab| -> Vec<String> {
+        let out = lab.in_ns(&a, &["ip", "rule", "show"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains("ipproto udp dport"))
+            .map(str::to_owned)
+            .collect()
+    };
+    let before = capture_rules(&lab);
+    assert_eq!(before.len(), 8, "{before:?}");
+    lab.crash_and_restart(0, true);
+    wait_for("A's restarted daemon to capture again", PING_TIMEOUT, || {
+        let now = capture_rules(&lab);
+        now.len() == 8 && now != before
+    });
+
+    // Leaving the party gives the host its usual routes back.
+    lab.cli(&a, &["party", "leave", "--json"]);
+    wait_for("A's capture rules to go", PING_TIMEOUT, || {
+        let out = lab.in_ns(&a, &["ip", "rule", "show"]);
+        !String::from_utf8_lossy(&out.stdout).contains("ipproto udp dport")
+    });
+}
+
+/// A broadcast storm at full speed from one member is cut to the per-member rate by the
+/// engine, and the other members' unicast keeps its latency: ping B -> C stays under twice
+/// its idle RTT while A floods.
+#[test]
+fn a_broadcast_storm_is_rate_limited_and_leaves_other_members_ping_alone() {
+    const STORM: Duration = Duration::from_secs(4);
+    let mut lab = Lab::new(3);
+    lab.start_daemons(true);
+    let [a, b] = [0, 1].map(|i| lab.members[i].clone());
+    lab.form_party();
+    let ips = lab.all_ping_each_other();
+    let idle = ping_avg(&b, &ips[2], 100);
+
+    // 1000-byte broadcasts as fast as socat can read /dev/zero.
+    let mut storm = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &a,
+            "socat",
+            "-u",
+            "-b",
+            "1000",
+            "/dev/zero",
+        ])
+        .arg("UDP4-DATAGRAM:255.255.255.255:4445,broadcast,so-bindtodevice=lr0")
+        .stdout(Stdio::null())
+        .stderr(log(&lab.dir, "storm"))
+        .spawn()
+        .expect("cannot start socat (package socat)");
+    std::thread::sleep(Duration::from_millis(500));
+    let (_, a_sent) = tunnel_bytes(&a);
+    let (b_received, _) = tunnel_bytes(&b);
+    let started = Instant::now();
+    let loaded = ping_avg(&b, &ips[2], 100);
+    std::thread::sleep(STORM.saturating_sub(started.elapsed()));
+    let elapsed = started.elapsed().as_secs_f64();
+    let (_, a_sent_after) = tunnel_bytes(&a);
+    let (b_received_after, _) = tunnel_bytes(&b);
+    let _ = storm.kill();
+    let _ = storm.wait();
+
+    let offered = (a_sent_after - a_sent) as f64 / elapsed;
+    let delivered = (b_received_after - b_received) as f64 / elapsed;
+    // 256 KiB/s per member plus one 64 KiB burst (the unicast pings are noise beside it).
+    let allowed = 256.0 * 1024.0 + 64.0 * 1024.0 / elapsed;
+    println!(
+        "storm: A's games offered {:.1} MB/s, B received {:.0} KiB/s (allowed {:.0} KiB/s); ping B -> C idle {idle:.3} ms, during the storm {loaded:.3} ms",
+        offered / 1e6,
+        delivered / 1024.0,
+        allowed / 1024.0
+    );
+    assert!(
+        offered > 20.0 * allowed,
+        "the storm was not a storm: {offered:.0} B/s offered\n{}",
+        lab.logs()
+    );
+    assert!(
+        delivered <= 1.2 * allowed,
+        "B received {delivered:.0} B/s of A's broadcasts, above the limit {allowed:.0}"
+    );
+    assert!(
+        loaded < 2.0 * idle,
+        "ping B -> C during the storm {loaded:.3} ms, idle {idle:.3} ms\n{}",
+        lab.logs()
+    );
 }
 
 /// Detection: a process named like a profile's executable is found within one scan (2 s),

@@ -78,6 +78,23 @@ pub struct GameProfile {
     pub packet_priority: Priority,
 }
 
+impl GameProfile {
+    /// The UDP ports the game sends LAN discovery to: those of its known discovery
+    /// destinations, or, where none are known but it broadcasts or multicasts, its UDP ports.
+    pub fn discovery_ports(&self) -> Vec<u16> {
+        let mut ports: Vec<u16> = if !self.discovery.is_empty() {
+            self.discovery.iter().map(|d| d.port).collect()
+        } else if (self.broadcast || self.multicast) && self.protocol != Protocol::Tcp {
+            self.ports.clone()
+        } else {
+            Vec::new()
+        };
+        ports.sort_unstable();
+        ports.dedup();
+        ports
+    }
+}
+
 /// Why one entry (or one whole file) was not loaded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProfileError {
@@ -543,6 +560,25 @@ mod tests {
         let source = set.iter().find(|p| p.id == "css" || p.id == "tf2").unwrap();
         assert!(source.ports.contains(&27015));
         assert!(source.broadcast);
+    }
+
+    #[test]
+    fn discovery_ports_come_from_discovery_destinations_or_broadcast_ports() {
+        let (set, _) = ProfileSet::embedded();
+        // Known destinations win: Minecraft's server port 25565 is not a discovery port.
+        assert_eq!(set.get("minecraft_java").unwrap().discovery_ports(), [4445]);
+        assert!(
+            set.get("warcraft3")
+                .unwrap()
+                .discovery_ports()
+                .contains(&6112)
+        );
+        // TCP-only games send no UDP discovery.
+        let tcp_only = set
+            .iter()
+            .find(|p| p.protocol == Protocol::Tcp && p.discovery.is_empty())
+            .unwrap();
+        assert!(tcp_only.discovery_ports().is_empty());
     }
 
     #[test]

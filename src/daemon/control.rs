@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -28,6 +28,7 @@ use lanrage_engine::{
     DeviceUpdate, Endpoint, EngineHandle, Event as EngineEvent, PeerUpdate, Prefix, PriorityPolicy,
 };
 
+use super::broadcast_capture::{self, BroadcastCapture, CapturePlan};
 use super::games::{GameScan, RunningGame};
 use super::local_link::LocalLink;
 use super::nat_check::NatCheck;
@@ -80,6 +81,9 @@ pub struct ControlThread {
     pub games: Option<Receiver<GameScan>>,
     /// The latency lane without any game: running games' ports are added to it.
     pub priority: PriorityPolicy,
+    /// Sends games' broadcasts from unbound sockets into the tunnel while in a party (`None`:
+    /// off, or not possible here).
+    pub capture: Option<BroadcastCapture>,
 }
 
 struct State {
@@ -105,6 +109,8 @@ struct State {
     game_scan: Option<Duration>,
     /// The ports the engine's latency lane has now.
     lane_ports: Vec<u16>,
+    /// The virtual IP while in a party.
+    virtual_ip: Option<Ipv4Addr>,
 }
 
 impl ControlThread {
@@ -135,6 +141,7 @@ impl ControlThread {
             games: Vec::new(),
             game_scan: None,
             lane_ports,
+            virtual_ip: None,
         };
         state.resume();
         let mut next_address_check = Instant::now();
@@ -517,12 +524,16 @@ impl State {
                     if self.cfg.engine.set_lan(Some(scope)).is_err() {
                         tracing::warn!("engine stopped; LAN broadcasts not set up");
                     }
+                    self.virtual_ip = Some(address);
+                    self.update_capture();
                 }
                 Action::ClearAddress => {
                     if let Err(e) = self.cfg.addresses.clear_ipv4() {
                         tracing::warn!(error = %e, "cannot remove the virtual IP");
                     }
                     let _ = self.cfg.engine.set_lan(None);
+                    self.virtual_ip = None;
+                    self.update_capture();
                 }
                 Action::UpsertPeer {
                     peer,
@@ -698,9 +709,41 @@ impl State {
 
     /// A running game's traffic takes the latency lane while it runs; when it stops, the lane
     /// is what it was.
+    /// Captures the default discovery ports and the running games' while in a party; nothing
+    /// otherwise.
+    fn update_capture(&mut self) {
+        let Some(capture) = &mut self.cfg.capture else {
+            return;
+        };
+        let plan = match (self.virtual_ip, self.cfg.addresses.index()) {
+            (Some(address), Ok(interface)) => {
+                let games = self.games.iter().flat_map(|g| g.discovery_ports.iter());
+                let ports = broadcast_capture::DEFAULT_PORTS
+                    .iter()
+                    .chain(games)
+                    .copied();
+                Some(CapturePlan::new(interface, address, ports))
+            }
+            _ => None,
+        };
+        let ports = plan.as_ref().map(|p| p.port_ranges.clone());
+        match capture.apply(plan) {
+            Ok(false) => {}
+            Ok(true) => match ports {
+                Some(ports) => tracing::info!(
+                    ?ports,
+                    "broadcasts and multicast from unbound sockets on these UDP ports now go to the party"
+                ),
+                None => tracing::info!("broadcast capture removed"),
+            },
+            Err(e) => tracing::warn!(error = %e, "cannot route games' broadcasts into the tunnel"),
+        }
+    }
+
     fn games_scanned(&mut self, scan: GameScan) {
         self.game_scan = Some(scan.took);
         self.games = scan.running;
+        self.update_capture();
         let mut ports = self.cfg.priority.ports.clone();
         ports.extend(self.games.iter().flat_map(|g| g.ports.iter().copied()));
         ports.sort_unstable();

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded};
 use lanrage_games::detect::{Detected, Detector, GameEvent};
 use lanrage_games::processes::ProcessList;
-use lanrage_games::profile::ProfileSet;
+use lanrage_games::profile::{GameProfile, ProfileSet};
 
 /// How often processes are listed: a game takes longer than this to reach its menus, and a
 /// scan costs a few milliseconds of CPU.
@@ -21,6 +21,8 @@ pub struct RunningGame {
     pub detected: Detected,
     /// The profile's ports: its traffic takes the latency lane.
     pub ports: Vec<u16>,
+    /// The UDP ports it sends LAN discovery broadcasts or multicast to.
+    pub discovery_ports: Vec<u16>,
 }
 
 /// What one scan found, for the control thread: the whole state, not changes, so a scan the
@@ -89,6 +91,10 @@ fn watch(profiles: ProfileSet, scans: Sender<GameScan>, stop: Receiver<()>) {
                 ports: profiles
                     .get(&detected.id)
                     .map(|p| p.ports.clone())
+                    .unwrap_or_default(),
+                discovery_ports: profiles
+                    .get(&detected.id)
+                    .map(GameProfile::discovery_ports)
                     .unwrap_or_default(),
                 detected: detected.clone(),
             })

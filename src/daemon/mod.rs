@@ -4,6 +4,7 @@
 //! lives on the control server, so a restarted daemon carries on in its party.
 
 mod api;
+mod broadcast_capture;
 mod control;
 mod games;
 mod key;
@@ -63,6 +64,11 @@ pub struct UpArgs {
     /// Do not watch for running games (whose traffic otherwise takes the latency lane).
     #[arg(long)]
     pub no_game_detection: bool,
+    /// Leave broadcasts and multicast from sockets bound to no address on their usual route.
+    /// By default, while in a party, those sent to UDP discovery ports (4445, 6112, 7777,
+    /// 27015, and the running games') go into the party instead.
+    #[arg(long)]
+    pub no_broadcast_capture: bool,
 }
 
 pub fn run(args: UpArgs) -> Result<()> {
@@ -78,6 +84,17 @@ pub fn run(args: UpArgs) -> Result<()> {
     let tun = TunDevice::create(&args.interface, threads, DEFAULT_MTU, None)
         .with_context(|| format!("cannot create interface {} (are you root?)", args.interface))?;
     let addresses = tun.addresses();
+    let capture = if args.no_broadcast_capture {
+        None
+    } else {
+        addresses
+            .index()
+            .and_then(broadcast_capture::BroadcastCapture::open)
+            .inspect_err(|e| {
+                tracing::warn!(error = %e, "cannot set up policy routing for games' broadcasts")
+            })
+            .ok()
+    };
     let (engine, engine_events) = Engine::start(
         tun,
         EngineConfig {
@@ -131,6 +148,7 @@ pub fn run(args: UpArgs) -> Result<()> {
         port_mapping: port_mapper.as_ref().map(port_map::PortMapper::view),
         games: game_scans,
         priority: PriorityPolicy::default(),
+        capture,
         stun_servers: if args.stun.is_empty() {
             crate::netcheck::DEFAULT_STUN_SERVERS
                 .iter()

@@ -115,6 +115,11 @@ impl TunAddresses {
         self.0.enabled(true)
     }
 
+    /// The interface's index (for routes and rules that name it).
+    pub fn index(&self) -> io::Result<u32> {
+        self.0.if_index()
+    }
+
     /// Removes the interface's IPv4 addresses (it stays up).
     pub fn clear_ipv4(&self) -> io::Result<()> {
         for address in self.0.addresses()? {
