@@ -121,14 +121,24 @@ pub fn games(args: &GamesArgs) -> Result<()> {
     }
     for g in &status.games {
         println!(
-            "{:<24} {:<44} {} ({:.0}% sure)",
+            "{:<24} {:<44} {} ({:.0}% sure{})",
             g.id,
             g.name,
             g.process.as_deref().unwrap_or("-"),
-            g.confidence * 100.0
+            g.confidence * 100.0,
+            listening_note(&g.listening)
         );
     }
     Ok(())
+}
+
+/// ", serving on 27015, 27016" for a game whose ports are listening here.
+fn listening_note(ports: &[u16]) -> String {
+    if ports.is_empty() {
+        return String::new();
+    }
+    let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
+    format!(", serving on {}", ports.join(", "))
 }
 
 pub fn party(api: &ApiArgs, command: &PartyCommand) -> Result<()> {
@@ -216,10 +226,11 @@ fn print_status(s: &Status) {
         Some(_) => {
             for g in &s.games {
                 println!(
-                    "game:       {} ({}, {:.0}% sure)",
+                    "game:       {} ({}, {:.0}% sure{})",
                     g.name,
                     g.process.as_deref().unwrap_or("-"),
-                    g.confidence * 100.0
+                    g.confidence * 100.0,
+                    listening_note(&g.listening)
                 );
             }
         }

@@ -62,6 +62,9 @@ pub struct GameSummary {
     pub process: Option<String>,
     /// How sure the match is, 0 to 1.
     pub confidence: f32,
+    /// The profile's ports seen listening on this host (a server running).
+    #[serde(default)]
+    pub listening: Vec<u16>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

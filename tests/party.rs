@@ -666,10 +666,14 @@ fn game_discovery_broadcasts_reach_every_member_once() {
     let before = capture_rules(&lab);
     assert_eq!(before.len(), 8, "{before:?}");
     lab.crash_and_restart(0, true);
-    wait_for("A's restarted daemon to capture again", PING_TIMEOUT, || {
-        let now = capture_rules(&lab);
-        now.len() == 8 && now != before
-    });
+    wait_for(
+        "A's restarted daemon to capture again",
+        PING_TIMEOUT,
+        || {
+            let now = capture_rules(&lab);
+            now.len() == 8 && now != before
+        },
+    );
 
     // Leaving the party gives the host its usual routes back.
     lab.cli(&a, &["party", "leave", "--json"]);
@@ -748,7 +752,8 @@ fn a_broadcast_storm_is_rate_limited_and_leaves_other_members_ping_alone() {
 }
 
 /// Detection: a process named like a profile's executable is found within one scan (2 s),
-/// the game's ports join the engine's latency lane, and stopping it reverts them.
+/// the game's ports join the engine's latency lane, a server socket on its port is seen
+/// listening, and stopping it reverts them.
 #[test]
 fn a_running_game_is_detected_and_its_ports_take_the_latency_lane() {
     const SCAN: Duration = Duration::from_secs(2);
@@ -800,6 +805,35 @@ fn a_running_game_is_detected_and_its_ports_take_the_latency_lane() {
     );
     let games = lab.cli(&ns, &["games", "--json"]);
     assert_eq!(games[0]["id"], "warcraft3", "{games}");
+
+    // Hosting: a server socket on the game's port is seen listening within a scan.
+    let mut server = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns,
+            "socat",
+            "-u",
+            "UDP4-RECV:6112",
+            "/dev/null",
+        ])
+        .stderr(log(&lab.dir, "game-server"))
+        .spawn()
+        .expect("cannot start socat (package socat)");
+    wait_for("the game's port to be seen listening", 2 * SCAN, || {
+        let games = lab.cli(&ns, &["games", "--json"]);
+        games[0]["listening"]
+            .as_array()
+            .is_some_and(|p| p.iter().any(|p| p == 6112))
+    });
+    let text = Command::new("ip")
+        .args(["netns", "exec", &ns, BIN, "games"])
+        .output()
+        .expect("lanrage games");
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("serving on 6112"), "{text}");
+    let _ = server.kill();
+    let _ = server.wait();
 
     let _ = game.kill();
     let _ = game.wait();

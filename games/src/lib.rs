@@ -4,3 +4,4 @@
 pub mod detect;
 pub mod processes;
 pub mod profile;
+pub mod sockets;

@@ -797,6 +797,7 @@ impl State {
                     name: g.detected.name.clone(),
                     process: g.detected.process.clone(),
                     confidence: g.detected.confidence,
+                    listening: g.detected.ports.clone(),
                 })
                 .collect(),
             latency_lane_ports: self.lane_ports.clone(),

@@ -10,6 +10,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded};
 use lanrage_games::detect::{Detected, Detector, GameEvent};
 use lanrage_games::processes::ProcessList;
 use lanrage_games::profile::{GameProfile, ProfileSet};
+use lanrage_games::sockets;
 
 /// How often processes are listed: a game takes longer than this to reach its menus, and a
 /// scan costs a few milliseconds of CPU.
@@ -79,11 +80,20 @@ impl Drop for GameWatch {
 fn watch(profiles: ProfileSet, scans: Sender<GameScan>, stop: Receiver<()>) {
     let mut processes = ProcessList::new();
     let mut detector = Detector::new();
+    let mut sockets_failed = false;
     loop {
         let started = Instant::now();
         let names = processes.names();
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
-        let events = detector.scan(&profiles, &names, &[]);
+        // Listening ports corroborate a process match (a game server up, not just its
+        // launcher); without them detection goes by names alone.
+        let listening = sockets::listening().unwrap_or_else(|e| {
+            if !std::mem::replace(&mut sockets_failed, true) {
+                tracing::warn!(error = %e, "cannot list listening sockets; detecting games by process name only");
+            }
+            Vec::new()
+        });
+        let events = detector.scan(&profiles, &names, &listening);
         let running = detector
             .running()
             .into_iter()
