@@ -289,7 +289,7 @@ impl Lab {
     ) -> Child {
         let mut address = format!("UDP4-RECVFROM:{port},reuseaddr,fork");
         if let Some(group) = group {
-            address += &format!(",ip-add-membership={group}:lr0");
+            address += &format!(",ip-add-membership={group}");
         }
         let record = format!("echo \"$SOCAT_PEERADDR $(cat)\" >> {}", file.display());
         Command::new("ip")
@@ -581,12 +581,17 @@ fn game_discovery_broadcasts_reach_every_member_once() {
     let ips = lab.all_ping_each_other();
     let subnet_broadcast = lab.subnet_broadcast(&a);
 
-    // Listeners: each datagram becomes a line "SOURCE PAYLOAD" in the listener's file.
+    // Listeners: each datagram becomes a line "SOURCE PAYLOAD" in the listener's file. C's
+    // join their groups on the tunnel; B's, like a game asking for "any" interface on a host
+    // whose default route is its LAN, on eth0: the daemon's own memberships on the tunnel let
+    // the party's multicast in.
+    lab.in_ns(&b, &["ip", "route", "add", "default", "dev", "eth0"]);
     let mut listeners = Vec::new();
-    for (ns, name) in [(&b, "b"), (&c, "c")] {
+    for (ns, name, interface) in [(&b, "b", "eth0"), (&c, "c", "lr0")] {
         for (port, group) in [(4445, "224.0.2.60"), (5353, "224.0.0.251")] {
             let file = lab.dir.join(format!("{name}-{port}.txt"));
-            listeners.push(lab.udp_listener(ns, port, Some(group), &file));
+            let membership = format!("{group}:{interface}");
+            listeners.push(lab.udp_listener(ns, port, Some(&membership), &file));
         }
     }
     let reply_file = lab.dir.join("a-4446.txt");

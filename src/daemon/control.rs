@@ -31,6 +31,7 @@ use lanrage_engine::{
 use super::broadcast_capture::{self, BroadcastCapture, CapturePlan};
 use super::games::{GameScan, RunningGame};
 use super::local_link::LocalLink;
+use super::multicast_groups::TunnelGroups;
 use super::nat_check::NatCheck;
 use super::port_map::{Mapping, MappingView};
 use super::server_client::{CallError, ServerClient};
@@ -84,6 +85,8 @@ pub struct ControlThread {
     /// Sends games' broadcasts from unbound sockets into the tunnel while in a party (`None`:
     /// off, or not possible here).
     pub capture: Option<BroadcastCapture>,
+    /// Discovery groups joined on the tunnel while in a party.
+    pub tunnel_groups: TunnelGroups,
 }
 
 struct State {
@@ -526,6 +529,17 @@ impl State {
                     }
                     self.virtual_ip = Some(address);
                     self.update_capture();
+                    match self.cfg.addresses.index() {
+                        Ok(interface) => match self.cfg.tunnel_groups.join(interface) {
+                            Ok(()) => {
+                                tracing::debug!(groups = ?self.cfg.tunnel_groups.groups(), "discovery groups joined on the tunnel")
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "cannot join games' multicast groups on the tunnel")
+                            }
+                        },
+                        Err(e) => tracing::warn!(error = %e, "no interface index for the tunnel"),
+                    }
                 }
                 Action::ClearAddress => {
                     if let Err(e) = self.cfg.addresses.clear_ipv4() {
@@ -534,6 +548,7 @@ impl State {
                     let _ = self.cfg.engine.set_lan(None);
                     self.virtual_ip = None;
                     self.update_capture();
+                    self.cfg.tunnel_groups.leave();
                 }
                 Action::UpsertPeer {
                     peer,

@@ -10,6 +10,7 @@ mod games;
 mod key;
 pub(crate) mod lan;
 mod local_link;
+mod multicast_groups;
 mod nat_check;
 mod port_map;
 mod server_client;
@@ -149,6 +150,7 @@ pub fn run(args: UpArgs) -> Result<()> {
         games: game_scans,
         priority: PriorityPolicy::default(),
         capture,
+        tunnel_groups: multicast_groups::TunnelGroups::new(profile_groups(&args.data_dir)),
         stun_servers: if args.stun.is_empty() {
             crate::netcheck::DEFAULT_STUN_SERVERS
                 .iter()
@@ -200,6 +202,20 @@ pub(crate) fn random_id() -> [u8; 12] {
     let mut id = [0u8; 12];
     getrandom::fill(&mut id).expect("the system's random source failed");
     id
+}
+
+/// The IPv4 multicast groups the game profiles (built in and the data directory's) send
+/// discovery to.
+fn profile_groups(data_dir: &std::path::Path) -> Vec<std::net::Ipv4Addr> {
+    let (profiles, _) = lanrage_games::profile::ProfileSet::load(data_dir);
+    profiles
+        .iter()
+        .flat_map(|p| p.discovery.iter())
+        .filter_map(|d| match d.address {
+            std::net::IpAddr::V4(v4) if v4.is_multicast() => Some(v4),
+            _ => None,
+        })
+        .collect()
 }
 
 fn hostname() -> String {
