@@ -136,6 +136,9 @@ pub struct BroadcastCapture {
     sequence: u32,
     interface: u32,
     installed: Option<CapturePlan>,
+    /// The last plan the kernel refused: not tried again until the plan changes, so that a
+    /// kernel without port-range rules (before Linux 4.17) is warned about once.
+    refused: Option<CapturePlan>,
 }
 
 impl BroadcastCapture {
@@ -150,6 +153,7 @@ impl BroadcastCapture {
             sequence: 0,
             interface,
             installed: None,
+            refused: None,
         };
         capture.clear(true)?;
         Ok(capture)
@@ -159,7 +163,7 @@ impl BroadcastCapture {
     /// changed. Unchanged plans cost nothing. On an error nothing of ours is left
     /// half-installed.
     pub fn apply(&mut self, plan: Option<CapturePlan>) -> io::Result<bool> {
-        if plan == self.installed {
+        if plan == self.installed || (plan.is_some() && plan == self.refused) {
             return Ok(false);
         }
         self.clear(false)?;
@@ -182,10 +186,12 @@ impl BroadcastCapture {
         match install() {
             Ok(()) => {
                 self.installed = Some(plan);
+                self.refused = None;
                 Ok(true)
             }
             Err(e) => {
                 let _ = self.clear(false);
+                self.refused = Some(plan);
                 Err(e)
             }
         }

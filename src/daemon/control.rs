@@ -529,17 +529,7 @@ impl State {
                     }
                     self.virtual_ip = Some(address);
                     self.update_capture();
-                    match self.cfg.addresses.index() {
-                        Ok(interface) => match self.cfg.tunnel_groups.join(interface) {
-                            Ok(()) => {
-                                tracing::debug!(groups = ?self.cfg.tunnel_groups.groups(), "discovery groups joined on the tunnel")
-                            }
-                            Err(e) => {
-                                tracing::warn!(error = %e, "cannot join games' multicast groups on the tunnel")
-                            }
-                        },
-                        Err(e) => tracing::warn!(error = %e, "no interface index for the tunnel"),
-                    }
+                    self.join_tunnel_groups();
                 }
                 Action::ClearAddress => {
                     if let Err(e) = self.cfg.addresses.clear_ipv4() {
@@ -722,8 +712,6 @@ impl State {
         Ok(party)
     }
 
-    /// A running game's traffic takes the latency lane while it runs; when it stops, the lane
-    /// is what it was.
     /// Captures the default discovery ports and the running games' while in a party; nothing
     /// otherwise.
     fn update_capture(&mut self) {
@@ -755,6 +743,25 @@ impl State {
         }
     }
 
+    /// Holds the games' discovery groups on the tunnel while in a party.
+    fn join_tunnel_groups(&mut self) {
+        let joined = self
+            .cfg
+            .addresses
+            .index()
+            .and_then(|interface| self.cfg.tunnel_groups.join(interface));
+        match joined {
+            Ok(()) => {
+                tracing::debug!(groups = ?self.cfg.tunnel_groups.groups(), "discovery groups joined on the tunnel")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot join games' multicast groups on the tunnel")
+            }
+        }
+    }
+
+    /// A running game's traffic takes the latency lane while it runs; when it stops, the lane
+    /// is what it was.
     fn games_scanned(&mut self, scan: GameScan) {
         self.game_scan = Some(scan.took);
         self.games = scan.running;
