@@ -69,6 +69,36 @@ pub fn peers(api: &ApiArgs) -> Result<()> {
     Ok(())
 }
 
+pub fn servers(api: &ApiArgs) -> Result<()> {
+    let servers = Client::new(api.api).servers()?;
+    if api.json {
+        return print_json(&servers);
+    }
+    if servers.is_empty() {
+        println!("no game servers in the party (a running game with its port open is announced)");
+    }
+    for s in &servers {
+        let latency = match s.latency_ms {
+            Some(_) if s.own => "this machine".to_owned(),
+            Some(ms) => format!("{ms:.1} ms"),
+            None => "no path yet".to_owned(),
+        };
+        let players = s
+            .players
+            .map(|p| format!(", {p} players"))
+            .unwrap_or_default();
+        println!(
+            "{:<32} {:>21}  {:<16} {}{}",
+            s.name,
+            format!("{}:{}", s.address, s.port),
+            s.game,
+            latency,
+            players
+        );
+    }
+    Ok(())
+}
+
 pub fn games(args: &GamesArgs) -> Result<()> {
     if args.known {
         let (profiles, errors) = ProfileSet::load(&args.data_dir);

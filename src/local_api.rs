@@ -3,6 +3,7 @@
 //!
 //! - `GET /status` → [`Status`]
 //! - `GET /api/peers` → `[`[`PeerInfo`]`]`
+//! - `GET /api/servers` → `[`[`ServerInfo`]`]`: game servers hosted in the party
 //! - `POST /party/create` [`CreateRequest`] → the party (control server's `PartyJson`)
 //! - `POST /party/join` [`JoinRequest`] → the party
 //! - `POST /party/leave` → 204
@@ -20,6 +21,28 @@ use serde::{Deserialize, Serialize};
 /// Where the daemon serves its API unless told otherwise.
 pub const DEFAULT_ADDR: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 8666);
+
+/// A game server in the party, as `lanrage servers` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServerInfo {
+    /// The hosting member's name.
+    pub host: String,
+    /// Where to connect: the host's virtual IP and the server's port.
+    pub address: Ipv4Addr,
+    pub port: u16,
+    /// The game's profile id, e.g. `warcraft3`.
+    pub game: String,
+    pub name: String,
+    #[serde(default)]
+    pub players: Option<u32>,
+    /// Round trip to the host through the tunnel, in milliseconds (0 for our own; absent
+    /// while no path to the host answers).
+    #[serde(default)]
+    pub latency_ms: Option<f64>,
+    /// Whether this host is this machine.
+    #[serde(default)]
+    pub own: bool,
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Status {
@@ -154,6 +177,10 @@ impl Client {
 
     pub fn peers(&self) -> Result<Vec<PeerInfo>> {
         self.get("/api/peers")
+    }
+
+    pub fn servers(&self) -> Result<Vec<ServerInfo>> {
+        self.get("/api/servers")
     }
 
     pub fn create(&self, name: &str) -> Result<PartyJson> {

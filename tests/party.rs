@@ -756,6 +756,82 @@ fn a_broadcast_storm_is_rate_limited_and_leaves_other_members_ping_alone() {
     );
 }
 
+/// The server browser: a member hosting a game (its process running, its port open) is
+/// announced to the others, who list it with the host's virtual IP and the latency to it; when
+/// the game stops, the listing goes.
+#[test]
+fn a_hosted_game_server_appears_in_the_other_members_browser() {
+    const WAIT: Duration = Duration::from_secs(15);
+    let mut lab = Lab::new(2);
+    lab.start_daemons(true);
+    let [a, b] = [0, 1].map(|i| lab.members[i].clone());
+    lab.form_party();
+    let ips = lab.all_ping_each_other();
+    assert_eq!(lab.cli(&a, &["servers", "--json"]), serde_json::json!([]));
+
+    // B hosts Warcraft III: the game's process (processes are shared by the namespaces, but
+    // listening sockets are not, so only B is hosting) and a server socket on 6112.
+    let game_binary = lab.dir.join("war3.exe");
+    std::fs::copy("/bin/sleep", &game_binary).expect("copy /bin/sleep");
+    let mut game = Command::new(&game_binary)
+        .arg("600")
+        .spawn()
+        .expect("start the stand-in game");
+    let mut server = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &b,
+            "socat",
+            "-u",
+            "UDP4-RECV:6112",
+            "/dev/null",
+        ])
+        .stderr(log(&lab.dir, "game-server"))
+        .spawn()
+        .expect("cannot start socat (package socat)");
+    let started = Instant::now();
+    let listed = |servers: &Value| {
+        servers.as_array().is_some_and(|list| {
+            list.iter().any(|s| {
+                s["game"] == "warcraft3"
+                    && s["address"] == ips[1].as_str()
+                    && s["port"] == 6112
+                    && s["host"] == "player2"
+                    && s["latency_ms"].as_f64().is_some_and(|ms| ms > 0.0)
+                    && s["own"] == false
+            })
+        })
+    };
+    wait_for("A to list B's Warcraft III server", WAIT, || {
+        listed(&lab.cli(&a, &["servers", "--json"]))
+    });
+    eprintln!("listed after {:?}", started.elapsed());
+    let own = lab.cli(&b, &["servers", "--json"]);
+    assert!(
+        own.as_array()
+            .is_some_and(|l| l.iter().any(|s| s["own"] == true && s["port"] == 6112)),
+        "{own}"
+    );
+    let text = Command::new("ip")
+        .args(["netns", "exec", &a, BIN, "servers"])
+        .output()
+        .expect("lanrage servers");
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains(&format!("{}:6112", ips[1])) && text.contains("player2's Warcraft III"),
+        "{text}"
+    );
+
+    let _ = server.kill();
+    let _ = server.wait();
+    let _ = game.kill();
+    let _ = game.wait();
+    wait_for("the listing to go once B stops hosting", WAIT, || {
+        lab.cli(&a, &["servers", "--json"]) == serde_json::json!([])
+    });
+}
+
 /// Detection: a process named like a profile's executable is found within one scan (2 s),
 /// the game's ports join the engine's latency lane, a server socket on its port is seen
 /// listening, and stopping it reverts them.

@@ -11,4 +11,5 @@ pub mod path;
 pub mod peer_id;
 pub mod relay;
 pub mod server_api;
+pub mod servers;
 pub mod uapi;

@@ -48,6 +48,7 @@ pub fn spawn(addr: SocketAddr, requests: Requests) -> Result<std::thread::JoinHa
                 let app = Router::new()
                     .route("/status", get(status))
                     .route("/api/peers", get(peers))
+                    .route("/api/servers", get(servers))
                     .route("/party/create", post(create))
                     .route("/party/join", post(join))
                     .route("/party/leave", post(leave))
@@ -125,6 +126,10 @@ async fn status(State(requests): State<Requests>) -> Response {
 
 async fn peers(State(requests): State<Requests>) -> Response {
     ask(&requests, ControlRequest::Peers, StatusCode::OK).await
+}
+
+async fn servers(State(requests): State<Requests>) -> Response {
+    ask(&requests, ControlRequest::Servers, StatusCode::OK).await
 }
 
 async fn create(State(requests): State<Requests>, Body(body): Body<CreateRequest>) -> Response {

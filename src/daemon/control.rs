@@ -21,6 +21,7 @@ use lanrage_control::peer_id::PeerId;
 use lanrage_control::relay::RelayClient;
 use lanrage_control::relay::frame::is_relay_control;
 use lanrage_control::server_api::{EventJson, PartyJson};
+use lanrage_control::servers::{self, Announcement, HostedServer, ServerList};
 use lanrage_engine::io::tun::TunAddresses;
 use lanrage_engine::lan::LanScope;
 use lanrage_engine::wire::{RELAY_HEADER_LEN, write_relay_header};
@@ -35,7 +36,10 @@ use super::multicast_groups::TunnelGroups;
 use super::nat_check::NatCheck;
 use super::port_map::{Mapping, MappingView};
 use super::server_client::{CallError, ServerClient};
-use crate::local_api::{GameSummary, NatSummary, PartySummary, PeerInfo, RelaySummary, Status};
+use super::server_link::ServerLink;
+use crate::local_api::{
+    GameSummary, NatSummary, PartySummary, PeerInfo, RelaySummary, ServerInfo, Status,
+};
 
 /// WireGuard keepalive toward party members: keeps NAT mappings open between game packets.
 const KEEPALIVE_SECS: u16 = 25;
@@ -55,6 +59,7 @@ pub type Reply<T> = tokio::sync::oneshot::Sender<Result<T, (u16, String)>>;
 pub enum Request {
     Status(Reply<Status>),
     Peers(Reply<Vec<PeerInfo>>),
+    Servers(Reply<Vec<ServerInfo>>),
     Create(String, Reply<PartyJson>),
     Join(String, Reply<PartyJson>),
     Leave(Reply<()>),
@@ -114,6 +119,12 @@ struct State {
     lane_ports: Vec<u16>,
     /// The virtual IP while in a party.
     virtual_ip: Option<Ipv4Addr>,
+    /// The server browser: what the other members host, the socket it travels on while in a
+    /// party, where its reader delivers, and when we announce ours next.
+    servers: ServerList,
+    server_link: Option<Arc<ServerLink>>,
+    servers_tx: Sender<(SocketAddr, Vec<u8>)>,
+    next_announce: Instant,
 }
 
 impl ControlThread {
@@ -121,6 +132,7 @@ impl ControlThread {
     pub fn run(self, requests: Receiver<Request>, shutdown: Receiver<()>) {
         let (stream_tx, stream_rx) = unbounded();
         let (lan_tx, lan_rx) = bounded(256);
+        let (servers_tx, servers_rx) = bounded(64);
         let me = self.me;
         let engine_events = self.engine_events.clone();
         let game_scans = self.games.clone().unwrap_or_else(crossbeam_channel::never);
@@ -145,6 +157,10 @@ impl ControlThread {
             game_scan: None,
             lane_ports,
             virtual_ip: None,
+            servers: ServerList::default(),
+            server_link: None,
+            servers_tx,
+            next_announce: Instant::now(),
         };
         state.resume();
         let mut next_address_check = Instant::now();
@@ -176,6 +192,7 @@ impl ControlThread {
                 state.paths.poll_timeout(),
                 state.relays.poll_timeout(),
                 state.next_grants,
+                state.server_link.as_ref().map(|_| state.next_announce),
             ]
             .into_iter()
             .flatten()
@@ -202,6 +219,11 @@ impl ControlThread {
                 recv(lan_rx) -> message => {
                     if let Ok((from, datagram)) = message {
                         state.lan_datagram(from, &datagram);
+                    }
+                },
+                recv(servers_rx) -> message => {
+                    if let Ok((from, datagram)) = message {
+                        state.server_announcement(from, &datagram);
                     }
                 },
                 recv(engine_events) -> event => match event {
@@ -242,6 +264,7 @@ impl ControlThread {
             }
             state.relay_timers();
             state.path_timers();
+            state.server_timers();
         }
         if let Some((mut party, link)) = state.local.take() {
             link.send(&party.leave());
@@ -530,6 +553,7 @@ impl State {
                     self.virtual_ip = Some(address);
                     self.update_capture();
                     self.join_tunnel_groups();
+                    self.open_server_link();
                 }
                 Action::ClearAddress => {
                     if let Err(e) = self.cfg.addresses.clear_ipv4() {
@@ -539,6 +563,8 @@ impl State {
                     self.virtual_ip = None;
                     self.update_capture();
                     self.cfg.tunnel_groups.leave();
+                    self.server_link = None;
+                    self.servers.clear();
                 }
                 Action::UpsertPeer {
                     peer,
@@ -633,6 +659,9 @@ impl State {
             }
             Request::Peers(reply) => {
                 let _ = reply.send(Ok(self.peers()));
+            }
+            Request::Servers(reply) => {
+                let _ = reply.send(Ok(self.server_infos()));
             }
             Request::Create(_, reply) if self.cfg.client.is_none() => {
                 let mut bytes = [0u8; PartyCode::BYTES];
@@ -741,6 +770,119 @@ impl State {
             },
             Err(e) => tracing::warn!(error = %e, "cannot route games' broadcasts into the tunnel"),
         }
+    }
+
+    /// Opens the server browser's socket on the tunnel (again after a new address).
+    fn open_server_link(&mut self) {
+        self.server_link = None;
+        match ServerLink::open(&self.cfg.interface) {
+            Ok(link) => match link.spawn_reader(self.servers_tx.clone()) {
+                Ok(()) => {
+                    self.server_link = Some(link);
+                    self.next_announce = Instant::now();
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot start the server browser"),
+            },
+            Err(e) => tracing::warn!(error = %e, "cannot open the server browser's socket"),
+        }
+    }
+
+    /// The servers this machine hosts: running games with a port listening.
+    fn own_servers(&self) -> Vec<HostedServer> {
+        self.games
+            .iter()
+            .filter_map(|g| {
+                let port = *g.detected.ports.first()?;
+                Some(HostedServer {
+                    game: g.detected.id.clone(),
+                    name: format!("{}'s {}", self.cfg.member_name, g.detected.name),
+                    port,
+                    players: None,
+                })
+            })
+            .collect()
+    }
+
+    /// Announces our servers to every member when due, and forgets silent members' servers.
+    fn server_timers(&mut self) {
+        let now = Instant::now();
+        if now < self.next_announce {
+            return;
+        }
+        self.next_announce = now + servers::ANNOUNCE_EVERY;
+        self.servers.expire(now);
+        let (Some(link), Some(party)) = (&self.server_link, self.membership.party()) else {
+            return;
+        };
+        let datagram = Announcement {
+            servers: self.own_servers(),
+        }
+        .encode();
+        for member in party.members.iter().filter(|m| m.peer != self.cfg.me) {
+            link.send(member.virtual_ip, &datagram);
+        }
+    }
+
+    /// A member's announcement: kept if it comes from a member's virtual IP (the socket only
+    /// reads the tunnel, whose allowed-IPs check vouches for the source).
+    fn server_announcement(&mut self, from: SocketAddr, datagram: &[u8]) {
+        let IpAddr::V4(host) = from.ip() else {
+            return;
+        };
+        let member = self.membership.party().is_some_and(|p| {
+            p.members
+                .iter()
+                .any(|m| m.virtual_ip == host && m.peer != self.cfg.me)
+        });
+        if !member {
+            tracing::debug!(%from, "server announcement from no member; dropped");
+            return;
+        }
+        match Announcement::decode(datagram) {
+            Ok(announcement) => self.servers.heard(Instant::now(), host, announcement),
+            Err(e) => tracing::debug!(%from, error = %e, "server announcement refused"),
+        }
+    }
+
+    /// Every server in the party, ours first, with the round trip to its host.
+    fn server_infos(&self) -> Vec<ServerInfo> {
+        let Some(party) = self.membership.party() else {
+            return Vec::new();
+        };
+        let now = Instant::now();
+        let own = self.virtual_ip.map(|address| {
+            self.own_servers()
+                .into_iter()
+                .map(move |s| (address, s, true))
+        });
+        let heard = self
+            .servers
+            .servers()
+            .map(|(host, s)| (host, s.clone(), false));
+        own.into_iter()
+            .flatten()
+            .chain(heard)
+            .filter_map(|(address, server, own)| {
+                let member = party.members.iter().find(|m| m.virtual_ip == address)?;
+                let latency_ms = if own {
+                    Some(0.0)
+                } else {
+                    self.paths
+                        .path(&member.peer, now)
+                        .map(|(_, rtt)| rtt.as_secs_f64() * 1e3)
+                };
+                Some(ServerInfo {
+                    host: member.name.clone(),
+                    address,
+                    port: server.port,
+                    game: server.game,
+                    name: server.name,
+                    players: server.players,
+                    latency_ms,
+                    own,
+                })
+            })
+            .collect()
     }
 
     /// Holds the games' discovery groups on the tunnel while in a party.

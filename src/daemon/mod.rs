@@ -14,6 +14,7 @@ mod multicast_groups;
 mod nat_check;
 mod port_map;
 mod server_client;
+mod server_link;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -1,0 +1,275 @@
+//! The party's server browser: each member announces the game servers it hosts to the others,
+//! through the tunnel, and keeps what it hears until the announcer falls silent.
+//!
+//! Announcements are small JSON datagrams to every member's virtual IP on [`PORT`], repeated
+//! every [`ANNOUNCE_EVERY`]. They travel inside WireGuard, whose allowed-IPs check makes the
+//! source address the sender's identity; a member can only speak for itself. Anything a member
+//! sends is bounded ([`Announcement::decode`]) before it is kept.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+/// The UDP port announcements go to, on each member's virtual IP.
+pub const PORT: u16 = 8669;
+
+/// How often a member announces its servers (also when it hosts none: an empty list clears
+/// what the others showed).
+pub const ANNOUNCE_EVERY: Duration = Duration::from_secs(5);
+
+/// A member's servers disappear this long after its last announcement (three missed).
+pub const FORGET_AFTER: Duration = Duration::from_secs(16);
+
+/// Largest announcement accepted: one datagram that never fragments on the tunnel.
+pub const MAX_DATAGRAM: usize = 1200;
+
+/// Most servers one member may list.
+pub const MAX_SERVERS: usize = 16;
+
+/// Longest game id or server name, in bytes.
+pub const MAX_TEXT: usize = 64;
+
+/// One server a member hosts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostedServer {
+    /// The game's profile id, e.g. `warcraft3`.
+    pub game: String,
+    /// What the browser shows, e.g. "alice's Warcraft III".
+    pub name: String,
+    pub port: u16,
+    /// Players in the game, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub players: Option<u32>,
+}
+
+/// What one member announces: every server it hosts now.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Announcement {
+    pub servers: Vec<HostedServer>,
+}
+
+/// Why an announcement was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AnnouncementError {
+    TooLarge(usize),
+    Malformed(String),
+    TooManyServers(usize),
+    TextTooLong,
+}
+
+impl std::fmt::Display for AnnouncementError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AnnouncementError::TooLarge(n) => write!(f, "{n} bytes, above {MAX_DATAGRAM}"),
+            AnnouncementError::Malformed(e) => write!(f, "not an announcement: {e}"),
+            AnnouncementError::TooManyServers(n) => {
+                write!(f, "{n} servers, above {MAX_SERVERS}")
+            }
+            AnnouncementError::TextTooLong => {
+                write!(f, "a game id or name longer than {MAX_TEXT} bytes")
+            }
+        }
+    }
+}
+
+impl std::error::Error for AnnouncementError {}
+
+impl Announcement {
+    /// The datagram, with servers beyond [`MAX_SERVERS`] left out and texts cut to
+    /// [`MAX_TEXT`] bytes, so that what we send is what others accept.
+    pub fn encode(&self) -> Vec<u8> {
+        let servers = self
+            .servers
+            .iter()
+            .take(MAX_SERVERS)
+            .map(|s| HostedServer {
+                game: cut(&s.game),
+                name: cut(&s.name),
+                ..s.clone()
+            })
+            .collect();
+        let mut bytes = serde_json::to_vec(&Announcement { servers }).unwrap_or_default();
+        // Sixteen servers of 64-byte texts could overflow one datagram: drop from the end.
+        let mut announcement: Announcement = serde_json::from_slice(&bytes).unwrap_or_default();
+        while bytes.len() > MAX_DATAGRAM && announcement.servers.pop().is_some() {
+            bytes = serde_json::to_vec(&announcement).unwrap_or_default();
+        }
+        bytes
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, AnnouncementError> {
+        if bytes.len() > MAX_DATAGRAM {
+            return Err(AnnouncementError::TooLarge(bytes.len()));
+        }
+        let announcement: Announcement = serde_json::from_slice(bytes)
+            .map_err(|e| AnnouncementError::Malformed(e.to_string()))?;
+        if announcement.servers.len() > MAX_SERVERS {
+            return Err(AnnouncementError::TooManyServers(
+                announcement.servers.len(),
+            ));
+        }
+        if announcement
+            .servers
+            .iter()
+            .any(|s| s.game.len() > MAX_TEXT || s.name.len() > MAX_TEXT)
+        {
+            return Err(AnnouncementError::TextTooLong);
+        }
+        Ok(announcement)
+    }
+}
+
+/// `text` cut to at most `MAX_TEXT` bytes, at a character boundary.
+fn cut(text: &str) -> String {
+    let mut end = text.len().min(MAX_TEXT);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
+}
+
+/// The servers heard from the party, by announcing member.
+#[derive(Debug, Default)]
+pub struct ServerList {
+    by_host: BTreeMap<Ipv4Addr, (Instant, Vec<HostedServer>)>,
+}
+
+impl ServerList {
+    /// `host` (a member's virtual IP) announced `announcement` at `now`: its list replaces
+    /// what it said before.
+    pub fn heard(&mut self, now: Instant, host: Ipv4Addr, announcement: Announcement) {
+        self.by_host.insert(host, (now, announcement.servers));
+    }
+
+    /// Forgets `host` (it left the party).
+    pub fn forget(&mut self, host: Ipv4Addr) {
+        self.by_host.remove(&host);
+    }
+
+    /// Forgets every member silent for [`FORGET_AFTER`].
+    pub fn expire(&mut self, now: Instant) {
+        self.by_host
+            .retain(|_, (heard, _)| now.saturating_duration_since(*heard) < FORGET_AFTER);
+    }
+
+    pub fn clear(&mut self) {
+        self.by_host.clear();
+    }
+
+    /// Every server heard, by host address then in the host's order.
+    pub fn servers(&self) -> impl Iterator<Item = (Ipv4Addr, &HostedServer)> {
+        self.by_host
+            .iter()
+            .flat_map(|(host, (_, servers))| servers.iter().map(move |s| (*host, s)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(game: &str, port: u16) -> HostedServer {
+        HostedServer {
+            game: game.into(),
+            name: format!("alice's {game}"),
+            port,
+            players: Some(3),
+        }
+    }
+
+    #[test]
+    fn announcements_round_trip_and_bad_ones_are_refused() {
+        let a = Announcement {
+            servers: vec![server("warcraft3", 6112), server("minecraft_java", 25565)],
+        };
+        assert_eq!(Announcement::decode(&a.encode()).unwrap(), a);
+        assert_eq!(
+            Announcement::decode(br#"{"servers":[{"game":"x","name":"y","port":1}]}"#)
+                .unwrap()
+                .servers[0]
+                .players,
+            None
+        );
+        assert!(matches!(
+            Announcement::decode(b"garbage"),
+            Err(AnnouncementError::Malformed(_))
+        ));
+        assert!(matches!(
+            Announcement::decode(&[b' '; MAX_DATAGRAM + 1]),
+            Err(AnnouncementError::TooLarge(_))
+        ));
+        let many = format!(
+            r#"{{"servers":[{}]}}"#,
+            vec![r#"{"game":"g","name":"n","port":1}"#; MAX_SERVERS + 1].join(",")
+        );
+        assert_eq!(
+            Announcement::decode(many.as_bytes()),
+            Err(AnnouncementError::TooManyServers(MAX_SERVERS + 1))
+        );
+        let long = format!(
+            r#"{{"servers":[{{"game":"g","name":"{}","port":1}}]}}"#,
+            "n".repeat(MAX_TEXT + 1)
+        );
+        assert_eq!(
+            Announcement::decode(long.as_bytes()),
+            Err(AnnouncementError::TextTooLong)
+        );
+    }
+
+    #[test]
+    fn what_is_sent_is_always_accepted() {
+        let huge = Announcement {
+            servers: (0..40)
+                .map(|i| HostedServer {
+                    game: "é".repeat(50),
+                    name: format!("{i}{}", "ü".repeat(60)),
+                    port: i,
+                    players: Some(u32::MAX),
+                })
+                .collect(),
+        };
+        let bytes = huge.encode();
+        assert!(bytes.len() <= MAX_DATAGRAM);
+        let back = Announcement::decode(&bytes).unwrap();
+        assert!(!back.servers.is_empty() && back.servers.len() <= MAX_SERVERS);
+        assert!(back.servers.iter().all(|s| s.name.len() <= MAX_TEXT));
+    }
+
+    #[test]
+    fn a_member_s_list_is_replaced_and_forgotten_when_it_falls_silent() {
+        let t0 = Instant::now();
+        let (alice, bob) = (Ipv4Addr::new(10, 66, 0, 2), Ipv4Addr::new(10, 66, 0, 3));
+        let mut list = ServerList::default();
+        list.heard(
+            t0,
+            alice,
+            Announcement {
+                servers: vec![server("warcraft3", 6112), server("terraria", 7777)],
+            },
+        );
+        list.heard(
+            t0 + Duration::from_secs(10),
+            bob,
+            Announcement {
+                servers: vec![server("css", 27015)],
+            },
+        );
+        assert_eq!(list.servers().count(), 3);
+        list.heard(
+            t0 + Duration::from_secs(5),
+            alice,
+            Announcement {
+                servers: vec![server("terraria", 7777)],
+            },
+        );
+        let games: Vec<_> = list.servers().map(|(h, s)| (h, s.game.as_str())).collect();
+        assert_eq!(games, [(alice, "terraria"), (bob, "css")]);
+        list.expire(t0 + Duration::from_secs(5) + FORGET_AFTER);
+        let games: Vec<_> = list.servers().map(|(h, s)| (h, s.game.as_str())).collect();
+        assert_eq!(games, [(bob, "css")]);
+        list.forget(bob);
+        assert_eq!(list.servers().count(), 0);
+    }
+}
