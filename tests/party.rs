@@ -758,7 +758,8 @@ fn a_broadcast_storm_is_rate_limited_and_leaves_other_members_ping_alone() {
 
 /// The server browser: a member hosting a game (its process running, its port open) is
 /// announced to the others, who list it with the host's virtual IP and the latency to it; when
-/// the game stops, the listing goes.
+/// the game stops, the listing goes. A Minecraft world opened to LAN is found from the game's
+/// own announcement.
 #[test]
 fn a_hosted_game_server_appears_in_the_other_members_browser() {
     const WAIT: Duration = Duration::from_secs(15);
@@ -829,6 +830,23 @@ fn a_hosted_game_server_appears_in_the_other_members_browser() {
     let _ = game.wait();
     wait_for("the listing to go once B stops hosting", WAIT, || {
         lab.cli(&a, &["servers", "--json"]) == serde_json::json!([])
+    });
+
+    // A opens a Minecraft world to LAN: the game's own multicast announcement (every 1.5 s,
+    // from a socket bound to no address) puts it in B's list.
+    let announce = "[MOTD]player1 - Survival[/MOTD][AD]41233[/AD]";
+    wait_for("B to list A's Minecraft LAN world", WAIT, || {
+        lab.udp_send(&a, announce, "224.0.2.60:4445");
+        let servers = lab.cli(&b, &["servers", "--json"]);
+        servers.as_array().is_some_and(|list| {
+            list.iter().any(|s| {
+                s["game"] == "minecraft_java"
+                    && s["name"] == "player1 - Survival"
+                    && s["address"] == ips[0].as_str()
+                    && s["port"] == 41233
+                    && s["host"] == "player1"
+            })
+        })
     });
 }
 

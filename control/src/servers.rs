@@ -1,6 +1,10 @@
 //! The party's server browser: each member announces the game servers it hosts to the others,
 //! through the tunnel, and keeps what it hears until the announcer falls silent.
 //!
+//! Servers are also found from games' own LAN announcements seen on the tunnel: Minecraft's
+//! open-to-LAN worlds multicast `[MOTD]name[/MOTD][AD]port[/AD]` to 224.0.2.60:4445 every
+//! 1.5 s ([`minecraft_lan_world`]).
+//!
 //! Announcements are small JSON datagrams to every member's virtual IP on [`PORT`], repeated
 //! every [`ANNOUNCE_EVERY`]. They travel inside WireGuard, whose allowed-IPs check makes the
 //! source address the sender's identity; a member can only speak for itself. Anything a member
@@ -130,10 +134,31 @@ fn cut(text: &str) -> String {
     text[..end].to_owned()
 }
 
-/// The servers heard from the party, by announcing member.
+/// Where Minecraft (Java Edition) announces worlds opened to LAN.
+pub const MINECRAFT_GROUP: Ipv4Addr = Ipv4Addr::new(224, 0, 2, 60);
+pub const MINECRAFT_PORT: u16 = 4445;
+
+/// A Minecraft LAN world announcement, `[MOTD]name[/MOTD][AD]port[/AD]`: the world's name
+/// (cut to [`MAX_TEXT`] bytes) and its port. Anything else is `None`.
+pub fn minecraft_lan_world(payload: &[u8]) -> Option<(String, u16)> {
+    let text = std::str::from_utf8(payload).ok()?;
+    let motd = between(text, "[MOTD]", "[/MOTD]")?;
+    let port = between(text, "[AD]", "[/AD]")?.trim().parse::<u16>().ok()?;
+    (port != 0).then(|| (cut(motd), port))
+}
+
+fn between<'a>(text: &'a str, open: &str, close: &str) -> Option<&'a str> {
+    let start = text.find(open)? + open.len();
+    let len = text[start..].find(close)?;
+    Some(&text[start..start + len])
+}
+
+/// The servers heard from the party, by announcing member, and those found from games' own
+/// LAN announcements, by host and port.
 #[derive(Debug, Default)]
 pub struct ServerList {
     by_host: BTreeMap<Ipv4Addr, (Instant, Vec<HostedServer>)>,
+    discovered: BTreeMap<(Ipv4Addr, u16), (Instant, HostedServer)>,
 }
 
 impl ServerList {
@@ -143,19 +168,41 @@ impl ServerList {
         self.by_host.insert(host, (now, announcement.servers));
     }
 
+    /// A game on `host` announced `server` on the LAN at `now`.
+    pub fn discovered(&mut self, now: Instant, host: Ipv4Addr, server: HostedServer) {
+        self.discovered.insert((host, server.port), (now, server));
+    }
+
     /// Forgets `host` (it left the party).
     pub fn forget(&mut self, host: Ipv4Addr) {
         self.by_host.remove(&host);
+        self.discovered.retain(|(h, _), _| *h != host);
     }
 
-    /// Forgets every member silent for [`FORGET_AFTER`].
+    /// Forgets every member, and every LAN-announced server, silent for [`FORGET_AFTER`].
     pub fn expire(&mut self, now: Instant) {
-        self.by_host
-            .retain(|_, (heard, _)| now.saturating_duration_since(*heard) < FORGET_AFTER);
+        let fresh = |heard: &Instant| now.saturating_duration_since(*heard) < FORGET_AFTER;
+        self.by_host.retain(|_, (heard, _)| fresh(heard));
+        self.discovered.retain(|_, (heard, _)| fresh(heard));
     }
 
     pub fn clear(&mut self) {
         self.by_host.clear();
+        self.discovered.clear();
+    }
+
+    /// Servers found from games' LAN announcements, by host and port, except those their
+    /// host also announced itself.
+    pub fn discovered_servers(&self) -> impl Iterator<Item = (Ipv4Addr, &HostedServer)> {
+        self.discovered
+            .iter()
+            .filter(|((host, port), _)| {
+                !self
+                    .by_host
+                    .get(host)
+                    .is_some_and(|(_, list)| list.iter().any(|s| s.port == *port))
+            })
+            .map(|((host, _), (_, server))| (*host, server))
     }
 
     /// Every server heard, by host address then in the host's order.
@@ -235,6 +282,57 @@ mod tests {
         let back = Announcement::decode(&bytes).unwrap();
         assert!(!back.servers.is_empty() && back.servers.len() <= MAX_SERVERS);
         assert!(back.servers.iter().all(|s| s.name.len() <= MAX_TEXT));
+    }
+
+    #[test]
+    fn minecraft_lan_worlds_are_read_from_their_announcements() {
+        assert_eq!(
+            minecraft_lan_world(b"[MOTD]Alice - Survival[/MOTD][AD]41233[/AD]"),
+            Some(("Alice - Survival".into(), 41233))
+        );
+        assert_eq!(
+            minecraft_lan_world(format!("[MOTD]{}[/MOTD][AD]1[/AD]", "w".repeat(100)).as_bytes())
+                .map(|(name, _)| name.len()),
+            Some(MAX_TEXT)
+        );
+        for junk in [
+            &b""[..],
+            b"[MOTD]x[/MOTD]",
+            b"[MOTD]x[/MOTD][AD]0[/AD]",
+            b"[MOTD]x[/MOTD][AD]70000[/AD]",
+            b"[AD]25565[/AD][MOTD]x",
+            b"\xff\xfe[MOTD]",
+        ] {
+            assert_eq!(minecraft_lan_world(junk), None, "{junk:?}");
+        }
+    }
+
+    #[test]
+    fn lan_announced_servers_expire_and_yield_to_their_host_s_own_announcement() {
+        let t0 = Instant::now();
+        let alice = Ipv4Addr::new(10, 66, 0, 2);
+        let mut list = ServerList::default();
+        let world = HostedServer {
+            game: "minecraft_java".into(),
+            name: "Alice - Survival".into(),
+            port: 41233,
+            players: None,
+        };
+        list.discovered(t0, alice, world.clone());
+        list.discovered(t0 + Duration::from_secs(1), alice, world.clone());
+        assert_eq!(list.discovered_servers().count(), 1);
+        list.heard(
+            t0,
+            alice,
+            Announcement {
+                servers: vec![world.clone()],
+            },
+        );
+        assert_eq!(list.discovered_servers().count(), 0);
+        list.heard(t0, alice, Announcement::default());
+        assert_eq!(list.discovered_servers().count(), 1);
+        list.expire(t0 + Duration::from_secs(1) + FORGET_AFTER);
+        assert_eq!(list.discovered_servers().count(), 0);
     }
 
     #[test]

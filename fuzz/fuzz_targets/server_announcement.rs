@@ -1,12 +1,18 @@
 //! Server-browser announcements as members send them (`lanrage_control::servers`): a hostile
 //! member's bytes are refused or give an announcement within the limits, which encodes back
-//! to one that decodes the same; never a panic.
+//! to one that decodes the same; read as a Minecraft LAN-world announcement, they give a
+//! bounded name and a port or nothing. Never a panic.
 #![no_main]
 
-use lanrage_control::servers::{Announcement, MAX_DATAGRAM, MAX_SERVERS, MAX_TEXT};
+use lanrage_control::servers::{
+    Announcement, MAX_DATAGRAM, MAX_SERVERS, MAX_TEXT, minecraft_lan_world,
+};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
+    if let Some((name, port)) = minecraft_lan_world(data) {
+        assert!(name.len() <= MAX_TEXT && port != 0);
+    }
     let Ok(announcement) = Announcement::decode(data) else {
         return;
     };

@@ -36,7 +36,7 @@ use super::multicast_groups::TunnelGroups;
 use super::nat_check::NatCheck;
 use super::port_map::{Mapping, MappingView};
 use super::server_client::{CallError, ServerClient};
-use super::server_link::ServerLink;
+use super::server_link::{ServerDatagram, ServerLink};
 use crate::local_api::{
     GameSummary, NatSummary, PartySummary, PeerInfo, RelaySummary, ServerInfo, Status,
 };
@@ -123,7 +123,7 @@ struct State {
     /// party, where its reader delivers, and when we announce ours next.
     servers: ServerList,
     server_link: Option<Arc<ServerLink>>,
-    servers_tx: Sender<(SocketAddr, Vec<u8>)>,
+    servers_tx: Sender<(ServerDatagram, SocketAddr, Vec<u8>)>,
     next_announce: Instant,
 }
 
@@ -222,8 +222,8 @@ impl ControlThread {
                     }
                 },
                 recv(servers_rx) -> message => {
-                    if let Ok((from, datagram)) = message {
-                        state.server_announcement(from, &datagram);
+                    if let Ok((kind, from, datagram)) = message {
+                        state.server_datagram(kind, from, &datagram);
                     }
                 },
                 recv(engine_events) -> event => match event {
@@ -775,8 +775,13 @@ impl State {
     /// Opens the server browser's socket on the tunnel (again after a new address).
     fn open_server_link(&mut self) {
         self.server_link = None;
-        match ServerLink::open(&self.cfg.interface) {
-            Ok(link) => match link.spawn_reader(self.servers_tx.clone()) {
+        let link = self
+            .cfg
+            .addresses
+            .index()
+            .and_then(|index| ServerLink::open(&self.cfg.interface, index));
+        match link {
+            Ok(link) => match link.spawn_readers(self.servers_tx.clone()) {
                 Ok(()) => {
                     self.server_link = Some(link);
                     self.next_announce = Instant::now();
@@ -823,24 +828,41 @@ impl State {
         }
     }
 
-    /// A member's announcement: kept if it comes from a member's virtual IP (the socket only
-    /// reads the tunnel, whose allowed-IPs check vouches for the source).
-    fn server_announcement(&mut self, from: SocketAddr, datagram: &[u8]) {
+    /// A member's announcement, or a game's LAN announcement: kept if it comes from a
+    /// member's virtual IP (the sockets only read the tunnel, whose allowed-IPs check vouches
+    /// for the source; our own multicast loops back and counts as ours).
+    fn server_datagram(&mut self, kind: ServerDatagram, from: SocketAddr, datagram: &[u8]) {
         let IpAddr::V4(host) = from.ip() else {
             return;
         };
-        let member = self.membership.party().is_some_and(|p| {
-            p.members
-                .iter()
-                .any(|m| m.virtual_ip == host && m.peer != self.cfg.me)
-        });
+        let member = self
+            .membership
+            .party()
+            .is_some_and(|p| p.members.iter().any(|m| m.virtual_ip == host));
         if !member {
-            tracing::debug!(%from, "server announcement from no member; dropped");
+            tracing::debug!(%from, ?kind, "server datagram from no member; dropped");
             return;
         }
-        match Announcement::decode(datagram) {
-            Ok(announcement) => self.servers.heard(Instant::now(), host, announcement),
-            Err(e) => tracing::debug!(%from, error = %e, "server announcement refused"),
+        let now = Instant::now();
+        match kind {
+            ServerDatagram::Announcement if Some(host) != self.virtual_ip => {
+                match Announcement::decode(datagram) {
+                    Ok(announcement) => self.servers.heard(now, host, announcement),
+                    Err(e) => tracing::debug!(%from, error = %e, "server announcement refused"),
+                }
+            }
+            ServerDatagram::Announcement => {}
+            ServerDatagram::MinecraftLan => {
+                if let Some((name, port)) = servers::minecraft_lan_world(datagram) {
+                    let server = HostedServer {
+                        game: "minecraft_java".into(),
+                        name,
+                        port,
+                        players: None,
+                    };
+                    self.servers.discovered(now, host, server);
+                }
+            }
         }
     }
 
@@ -859,9 +881,14 @@ impl State {
             .servers
             .servers()
             .map(|(host, s)| (host, s.clone(), false));
+        let discovered = self
+            .servers
+            .discovered_servers()
+            .map(|(host, s)| (host, s.clone(), Some(host) == self.virtual_ip));
         own.into_iter()
             .flatten()
             .chain(heard)
+            .chain(discovered)
             .filter_map(|(address, server, own)| {
                 let member = party.members.iter().find(|m| m.virtual_ip == address)?;
                 let latency_ms = if own {

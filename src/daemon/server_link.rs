@@ -1,75 +1,116 @@
-//! The server browser's socket (see `lanrage_control::servers`): bound to the announcement port
-//! on the tunnel interface only, so that everything it reads came through WireGuard from a
-//! member, whose virtual IP is then its identity; what arrives goes to the control thread.
+//! The server browser's sockets (see `lanrage_control::servers`), bound to the tunnel interface
+//! only, so that everything they read came through WireGuard from a member, whose virtual IP is
+//! then its identity: one on the announcement port, one on Minecraft's LAN-world port (joined
+//! to its group on the tunnel; games on this host bound to the port still get every packet).
+//! What arrives goes to the control thread.
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crossbeam_channel::Sender;
-use lanrage_control::servers::{MAX_DATAGRAM, PORT};
-use socket2::{Domain, Protocol, Socket, Type};
+use crossbeam_channel::{Sender, TrySendError};
+use lanrage_control::servers::{MAX_DATAGRAM, MINECRAFT_GROUP, MINECRAFT_PORT, PORT};
+use socket2::{Domain, InterfaceIndexOrAddress, Protocol, Socket, Type};
+
+/// Which socket a datagram came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerDatagram {
+    /// A member's announcement of the servers it hosts.
+    Announcement,
+    /// A Minecraft LAN world announcement.
+    MinecraftLan,
+}
 
 pub struct ServerLink {
-    socket: UdpSocket,
+    announcements: UdpSocket,
+    minecraft: UdpSocket,
+}
+
+fn tunnel_socket(interface: &str, port: u16) -> io::Result<Socket> {
+    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    socket.bind_device(Some(interface.as_bytes()))?;
+    socket.set_read_timeout(Some(Duration::from_secs(1)))?;
+    if port == MINECRAFT_PORT {
+        // Minecraft itself listens here too (its sockets set SO_REUSEADDR).
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+    }
+    socket.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port).into())?;
+    Ok(socket)
 }
 
 impl ServerLink {
-    /// Binds the announcement port on `interface` (the tunnel).
-    pub fn open(interface: &str) -> io::Result<Arc<ServerLink>> {
-        let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
-        socket.bind_device(Some(interface.as_bytes()))?;
-        socket.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, PORT).into())?;
-        socket.set_read_timeout(Some(Duration::from_secs(1)))?;
+    /// Binds both ports on `interface` (the tunnel, with index `index`).
+    pub fn open(interface: &str, index: u32) -> io::Result<Arc<ServerLink>> {
+        let announcements = tunnel_socket(interface, PORT)?;
+        let minecraft = tunnel_socket(interface, MINECRAFT_PORT)?;
+        minecraft.join_multicast_v4_n(&MINECRAFT_GROUP, &InterfaceIndexOrAddress::Index(index))?;
         Ok(Arc::new(ServerLink {
-            socket: socket.into(),
+            announcements: announcements.into(),
+            minecraft: minecraft.into(),
         }))
     }
 
     /// Sends `datagram` to a member's announcement port.
     pub fn send(&self, member: Ipv4Addr, datagram: &[u8]) {
-        if let Err(e) = self.socket.send_to(datagram, (member, PORT)) {
+        if let Err(e) = self.announcements.send_to(datagram, (member, PORT)) {
             tracing::debug!(%member, error = %e, "server announcement not sent");
         }
     }
 
-    /// Reads announcements on a new thread until the link is dropped.
-    pub fn spawn_reader(self: &Arc<Self>, tx: Sender<(SocketAddr, Vec<u8>)>) -> io::Result<()> {
-        let link = self.clone();
-        std::thread::Builder::new()
-            .name("lanrage-servers".into())
-            .spawn(move || {
-                let mut buf = vec![0u8; MAX_DATAGRAM + 1];
-                loop {
-                    match link.socket.recv_from(&mut buf) {
-                        Ok((n, from)) => {
-                            // A full channel: the control thread is behind; drop, the sender
-                            // repeats itself in a few seconds.
-                            if let Err(crossbeam_channel::TrySendError::Disconnected(_)) =
-                                tx.try_send((from, buf[..n].to_vec()))
-                            {
-                                return;
-                            }
-                        }
-                        Err(e)
-                            if matches!(
-                                e.kind(),
-                                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                            ) =>
-                        {
-                            // The read timeout: a chance to notice the link was dropped.
-                            if Arc::strong_count(&link) == 1 {
-                                return;
-                            }
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "server browser socket failed");
-                            return;
-                        }
+    /// Reads both sockets, a thread each, until the link is dropped.
+    pub fn spawn_readers(
+        self: &Arc<Self>,
+        tx: Sender<(ServerDatagram, SocketAddr, Vec<u8>)>,
+    ) -> io::Result<()> {
+        for kind in [ServerDatagram::Announcement, ServerDatagram::MinecraftLan] {
+            let link = self.clone();
+            let tx = tx.clone();
+            std::thread::Builder::new()
+                .name("lanrage-servers".into())
+                .spawn(move || link.read(kind, &tx))?;
+        }
+        Ok(())
+    }
+
+    fn read(
+        self: Arc<Self>,
+        kind: ServerDatagram,
+        tx: &Sender<(ServerDatagram, SocketAddr, Vec<u8>)>,
+    ) {
+        let socket = match kind {
+            ServerDatagram::Announcement => &self.announcements,
+            ServerDatagram::MinecraftLan => &self.minecraft,
+        };
+        let mut buf = vec![0u8; MAX_DATAGRAM + 1];
+        loop {
+            match socket.recv_from(&mut buf) {
+                Ok((n, from)) => {
+                    // A full channel: the control thread is behind; drop, the senders repeat
+                    // themselves every few seconds.
+                    if let Err(TrySendError::Disconnected(_)) =
+                        tx.try_send((kind, from, buf[..n].to_vec()))
+                    {
+                        return;
                     }
                 }
-            })?;
-        Ok(())
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    // The read timeout: a chance to notice the link was dropped.
+                    if Arc::strong_count(&self) == 1 {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "server browser socket failed");
+                    return;
+                }
+            }
+        }
     }
 }
