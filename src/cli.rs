@@ -10,7 +10,7 @@ use lanrage_control::server_api::PartyJson;
 use lanrage_games::profile::{GameProfile, ProfileSet};
 use serde::Serialize;
 
-use crate::local_api::{Client, DEFAULT_ADDR, PeerInfo, Status};
+use crate::local_api::{Client, DEFAULT_ADDR, HostRequest, PeerInfo, Status};
 
 /// Local parties (no control server) have no server-side id.
 const LOCAL_PARTY_ID: u64 = 0;
@@ -48,6 +48,28 @@ pub enum PartyCommand {
     Leave,
 }
 
+#[derive(Subcommand, Debug, Clone)]
+pub enum ServersCommand {
+    /// List the party's servers (the default).
+    List,
+    /// Announce a server this machine hosts (games found running with their port open are
+    /// announced without this); kept across restarts.
+    Host {
+        /// The game: a profile id (`lanrage games --known`) or any short name.
+        game: String,
+        /// The port players connect to.
+        port: u16,
+        /// What the browser shows (default: "NAME's GAME").
+        #[arg(long)]
+        name: Option<String>,
+        /// Players in the game now.
+        #[arg(long)]
+        players: Option<u32>,
+    },
+    /// Stop announcing the server on this port.
+    Unhost { port: u16 },
+}
+
 pub fn status(api: &ApiArgs) -> Result<()> {
     let status = Client::new(api.api).status()?;
     if api.json {
@@ -69,8 +91,36 @@ pub fn peers(api: &ApiArgs) -> Result<()> {
     Ok(())
 }
 
-pub fn servers(api: &ApiArgs) -> Result<()> {
-    let servers = Client::new(api.api).servers()?;
+pub fn servers(api: &ApiArgs, command: Option<&ServersCommand>) -> Result<()> {
+    let client = Client::new(api.api);
+    match command {
+        None | Some(ServersCommand::List) => {}
+        Some(ServersCommand::Host {
+            game,
+            port,
+            name,
+            players,
+        }) => {
+            client.host(&HostRequest {
+                game: game.clone(),
+                port: *port,
+                name: name.clone(),
+                players: *players,
+            })?;
+            if !api.json {
+                println!("announcing {game} on port {port} to the party");
+            }
+            return Ok(());
+        }
+        Some(ServersCommand::Unhost { port }) => {
+            client.unhost(*port)?;
+            if !api.json {
+                println!("no longer announcing port {port}");
+            }
+            return Ok(());
+        }
+    }
+    let servers = client.servers()?;
     if api.json {
         return print_json(&servers);
     }

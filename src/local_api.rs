@@ -4,6 +4,8 @@
 //! - `GET /status` → [`Status`]
 //! - `GET /api/peers` → `[`[`PeerInfo`]`]`
 //! - `GET /api/servers` → `[`[`ServerInfo`]`]`: game servers hosted in the party
+//! - `POST /api/servers/host` [`HostRequest`] → 204: announce a server this machine hosts
+//! - `POST /api/servers/unhost` [`UnhostRequest`] → 204
 //! - `POST /party/create` [`CreateRequest`] → the party (control server's `PartyJson`)
 //! - `POST /party/join` [`JoinRequest`] → the party
 //! - `POST /party/leave` → 204
@@ -147,6 +149,23 @@ pub struct CreateRequest {
     pub name: String,
 }
 
+/// A server to announce: a game id (a profile's, or any), its port, and optionally a name
+/// and the number of players.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HostRequest {
+    pub game: String,
+    pub port: u16,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub players: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UnhostRequest {
+    pub port: u16,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JoinRequest {
     pub code: String,
@@ -181,6 +200,16 @@ impl Client {
 
     pub fn servers(&self) -> Result<Vec<ServerInfo>> {
         self.get("/api/servers")
+    }
+
+    pub fn host(&self, request: &HostRequest) -> Result<()> {
+        self.post::<_, serde_json::Value>("/api/servers/host", Some(request))
+            .map(drop)
+    }
+
+    pub fn unhost(&self, port: u16) -> Result<()> {
+        self.post::<_, serde_json::Value>("/api/servers/unhost", Some(&UnhostRequest { port }))
+            .map(drop)
     }
 
     pub fn create(&self, name: &str) -> Result<PartyJson> {

@@ -40,8 +40,13 @@ enum Command {
     },
     /// The other members: virtual IPs, endpoints, traffic.
     Peers(cli::ApiArgs),
-    /// Game servers hosted in the party (announced by their members), with latency.
-    Servers(cli::ApiArgs),
+    /// Game servers in the party, with latency; announce the ones you host.
+    Servers {
+        #[command(subcommand)]
+        command: Option<cli::ServersCommand>,
+        #[command(flatten)]
+        api: cli::ApiArgs,
+    },
     /// The games running here (detected by the daemon), or every known game profile.
     Games(cli::GamesArgs),
     /// What this host's NAT does to UDP: NAT type, reflexive address, filtering (STUN).
@@ -63,7 +68,7 @@ fn main() -> ExitCode {
         Command::Party { command, api } => cli::party(&api, &command),
         Command::Peers(api) => cli::peers(&api),
         Command::Games(args) => cli::games(&args),
-        Command::Servers(api) => cli::servers(&api),
+        Command::Servers { command, api } => cli::servers(&api, command.as_ref()),
         Command::Netcheck(args) => netcheck::run(args),
         Command::Wg(args) => wg::run(args),
         Command::ControlServer(args) => control_server::run(args),

@@ -759,7 +759,7 @@ fn a_broadcast_storm_is_rate_limited_and_leaves_other_members_ping_alone() {
 /// The server browser: a member hosting a game (its process running, its port open) is
 /// announced to the others, who list it with the host's virtual IP and the latency to it; when
 /// the game stops, the listing goes. A Minecraft world opened to LAN is found from the game's
-/// own announcement.
+/// own announcement. A server announced by hand survives a daemon crash.
 #[test]
 fn a_hosted_game_server_appears_in_the_other_members_browser() {
     const WAIT: Duration = Duration::from_secs(15);
@@ -847,6 +847,49 @@ fn a_hosted_game_server_appears_in_the_other_members_browser() {
                     && s["host"] == "player1"
             })
         })
+    });
+
+    // B announces a dedicated server by hand; it survives B's daemon being killed, and goes
+    // when B stops announcing it. Bad requests are refused.
+    let (ok, _, err) = lab.cli_status(&b, &["servers", "host", "terraria", "0", "--json"]);
+    assert!(!ok && err.contains("port"), "{err}");
+    lab.cli(
+        &b,
+        &[
+            "servers",
+            "host",
+            "terraria",
+            "7777",
+            "--name",
+            "B's world",
+            "--players",
+            "3",
+            "--json",
+        ],
+    );
+    let terraria = |servers: &Value| {
+        servers.as_array().is_some_and(|list| {
+            list.iter().any(|s| {
+                s["game"] == "terraria"
+                    && s["name"] == "B's world"
+                    && s["port"] == 7777
+                    && s["players"] == 3
+                    && s["address"] == ips[1].as_str()
+            })
+        })
+    };
+    wait_for("A to list B's Terraria server", WAIT, || {
+        terraria(&lab.cli(&a, &["servers", "--json"]))
+    });
+    lab.crash_and_restart(1, true);
+    wait_for(
+        "B's restarted daemon to announce it again",
+        2 * WAIT,
+        || terraria(&lab.cli_status(&b, &["servers", "--json"]).1),
+    );
+    lab.cli(&b, &["servers", "unhost", "7777", "--json"]);
+    wait_for("the Terraria server to go from A's list", WAIT, || {
+        !terraria(&lab.cli(&a, &["servers", "--json"]))
     });
 }
 

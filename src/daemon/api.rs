@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use super::control::{Reply, Request as ControlRequest};
 use crate::json_api::{Body, error_response};
-use crate::local_api::{CreateRequest, JoinRequest};
+use crate::local_api::{CreateRequest, HostRequest, JoinRequest, UnhostRequest};
 
 type Requests = Sender<ControlRequest>;
 
@@ -49,6 +49,8 @@ pub fn spawn(addr: SocketAddr, requests: Requests) -> Result<std::thread::JoinHa
                     .route("/status", get(status))
                     .route("/api/peers", get(peers))
                     .route("/api/servers", get(servers))
+                    .route("/api/servers/host", post(host))
+                    .route("/api/servers/unhost", post(unhost))
                     .route("/party/create", post(create))
                     .route("/party/join", post(join))
                     .route("/party/leave", post(leave))
@@ -130,6 +132,24 @@ async fn peers(State(requests): State<Requests>) -> Response {
 
 async fn servers(State(requests): State<Requests>) -> Response {
     ask(&requests, ControlRequest::Servers, StatusCode::OK).await
+}
+
+async fn host(State(requests): State<Requests>, Body(body): Body<HostRequest>) -> Response {
+    ask(
+        &requests,
+        |r| ControlRequest::Host(body, r),
+        StatusCode::NO_CONTENT,
+    )
+    .await
+}
+
+async fn unhost(State(requests): State<Requests>, Body(body): Body<UnhostRequest>) -> Response {
+    ask(
+        &requests,
+        |r| ControlRequest::Unhost(body.port, r),
+        StatusCode::NO_CONTENT,
+    )
+    .await
 }
 
 async fn create(State(requests): State<Requests>, Body(body): Body<CreateRequest>) -> Response {

@@ -38,7 +38,7 @@ use super::port_map::{Mapping, MappingView};
 use super::server_client::{CallError, ServerClient};
 use super::server_link::{ServerDatagram, ServerLink};
 use crate::local_api::{
-    GameSummary, NatSummary, PartySummary, PeerInfo, RelaySummary, ServerInfo, Status,
+    GameSummary, HostRequest, NatSummary, PartySummary, PeerInfo, RelaySummary, ServerInfo, Status,
 };
 
 /// WireGuard keepalive toward party members: keeps NAT mappings open between game packets.
@@ -60,6 +60,8 @@ pub enum Request {
     Status(Reply<Status>),
     Peers(Reply<Vec<PeerInfo>>),
     Servers(Reply<Vec<ServerInfo>>),
+    Host(HostRequest, Reply<()>),
+    Unhost(u16, Reply<()>),
     Create(String, Reply<PartyJson>),
     Join(String, Reply<PartyJson>),
     Leave(Reply<()>),
@@ -122,6 +124,8 @@ struct State {
     /// The server browser: what the other members host, the socket it travels on while in a
     /// party, where its reader delivers, and when we announce ours next.
     servers: ServerList,
+    /// Servers announced by hand (`lanrage servers host`), kept in the data directory.
+    hosted: Vec<HostedServer>,
     server_link: Option<Arc<ServerLink>>,
     servers_tx: Sender<(ServerDatagram, SocketAddr, Vec<u8>)>,
     next_announce: Instant,
@@ -158,10 +162,12 @@ impl ControlThread {
             lane_ports,
             virtual_ip: None,
             servers: ServerList::default(),
+            hosted: Vec::new(),
             server_link: None,
             servers_tx,
             next_announce: Instant::now(),
         };
+        state.load_hosted();
         state.resume();
         let mut next_address_check = Instant::now();
         loop {
@@ -663,6 +669,20 @@ impl State {
             Request::Servers(reply) => {
                 let _ = reply.send(Ok(self.server_infos()));
             }
+            Request::Host(request, reply) => {
+                let _ = reply.send(self.host(request));
+            }
+            Request::Unhost(port, reply) => {
+                let before = self.hosted.len();
+                self.hosted.retain(|s| s.port != port);
+                let result = if self.hosted.len() == before {
+                    Err((404, format!("no server announced on port {port}")))
+                } else {
+                    self.save_hosted()
+                };
+                self.next_announce = Instant::now();
+                let _ = reply.send(result);
+            }
             Request::Create(_, reply) if self.cfg.client.is_none() => {
                 let mut bytes = [0u8; PartyCode::BYTES];
                 let result = match getrandom::fill(&mut bytes) {
@@ -792,20 +812,96 @@ impl State {
         }
     }
 
-    /// The servers this machine hosts: running games with a port listening.
+    /// The servers this machine hosts: those announced by hand, then running games with a
+    /// port listening (one per port).
     fn own_servers(&self) -> Vec<HostedServer> {
-        self.games
-            .iter()
-            .filter_map(|g| {
-                let port = *g.detected.ports.first()?;
-                Some(HostedServer {
-                    game: g.detected.id.clone(),
-                    name: format!("{}'s {}", self.cfg.member_name, g.detected.name),
-                    port,
-                    players: None,
-                })
+        let detected = self.games.iter().filter_map(|g| {
+            let port = *g.detected.ports.first()?;
+            Some(HostedServer {
+                game: g.detected.id.clone(),
+                name: format!("{}'s {}", self.cfg.member_name, g.detected.name),
+                port,
+                players: None,
             })
-            .collect()
+        });
+        let mut all = self.hosted.clone();
+        for server in detected {
+            if !all.iter().any(|s| s.port == server.port) {
+                all.push(server);
+            }
+        }
+        all
+    }
+
+    fn hosted_file(&self) -> PathBuf {
+        self.cfg.data_dir.join("hosted-servers.json")
+    }
+
+    /// The servers announced by hand before a restart; a damaged file is reported and set
+    /// aside, not lost.
+    fn load_hosted(&mut self) {
+        let path = self.hosted_file();
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return;
+        };
+        match serde_json::from_str::<Announcement>(&text) {
+            Ok(saved) => self.hosted = saved.servers,
+            Err(e) => {
+                let aside = path.with_extension("json.damaged");
+                tracing::warn!(file = %path.display(), error = %e, moved_to = %aside.display(),
+                    "cannot read the announced servers; starting without them");
+                let _ = std::fs::rename(&path, &aside);
+            }
+        }
+    }
+
+    fn save_hosted(&self) -> Result<(), (u16, String)> {
+        let saved = Announcement {
+            servers: self.hosted.clone(),
+        };
+        let json = serde_json::to_string_pretty(&saved).unwrap_or_default();
+        write_private(&self.hosted_file(), &json)
+            .map_err(|e| (500, format!("cannot save the announced servers: {e}")))
+    }
+
+    /// Announces a server by hand (replacing one on the same port).
+    fn host(&mut self, request: HostRequest) -> Result<(), (u16, String)> {
+        let game = request.game.trim().to_owned();
+        if game.is_empty() || game.len() > servers::MAX_TEXT {
+            return Err((
+                400,
+                format!("the game must be 1 to {} bytes", servers::MAX_TEXT),
+            ));
+        }
+        if request.port == 0 {
+            return Err((400, "the port must be 1 to 65535".into()));
+        }
+        let name = request
+            .name
+            .map(|n| n.trim().to_owned())
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| format!("{}'s {game}", self.cfg.member_name));
+        if name.len() > servers::MAX_TEXT {
+            return Err((
+                400,
+                format!("the name must be at most {} bytes", servers::MAX_TEXT),
+            ));
+        }
+        self.hosted.retain(|s| s.port != request.port);
+        if self.hosted.len() >= servers::MAX_SERVERS {
+            return Err((
+                409,
+                format!("at most {} servers can be announced", servers::MAX_SERVERS),
+            ));
+        }
+        self.hosted.push(HostedServer {
+            game,
+            name,
+            port: request.port,
+            players: request.players,
+        });
+        self.next_announce = Instant::now();
+        self.save_hosted()
     }
 
     /// Announces our servers to every member when due, and forgets silent members' servers.
