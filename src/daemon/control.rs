@@ -75,6 +75,9 @@ pub struct ControlThread {
     pub engine: EngineHandle,
     pub engine_events: Receiver<EngineEvent>,
     pub addresses: TunAddresses,
+    /// The tunnel's interface index, fixed for the daemon's life (routes, rules and multicast
+    /// memberships name it).
+    pub interface_index: u32,
     pub client: Option<ServerClient>,
     /// Where local mode remembers its party across restarts.
     pub data_dir: PathBuf,
@@ -767,17 +770,14 @@ impl State {
         let Some(capture) = &mut self.cfg.capture else {
             return;
         };
-        let plan = match (self.virtual_ip, self.cfg.addresses.index()) {
-            (Some(address), Ok(interface)) => {
-                let games = self.games.iter().flat_map(|g| g.discovery_ports.iter());
-                let ports = broadcast_capture::DEFAULT_PORTS
-                    .iter()
-                    .chain(games)
-                    .copied();
-                Some(CapturePlan::new(interface, address, ports))
-            }
-            _ => None,
-        };
+        let plan = self.virtual_ip.map(|address| {
+            let games = self.games.iter().flat_map(|g| g.discovery_ports.iter());
+            let ports = broadcast_capture::DEFAULT_PORTS
+                .iter()
+                .chain(games)
+                .copied();
+            CapturePlan::new(self.cfg.interface_index, address, ports)
+        });
         let ports = plan.as_ref().map(|p| p.port_ranges.clone());
         match capture.apply(plan) {
             Ok(false) => {}
@@ -795,12 +795,7 @@ impl State {
     /// Opens the server browser's socket on the tunnel (again after a new address).
     fn open_server_link(&mut self) {
         self.server_link = None;
-        let link = self
-            .cfg
-            .addresses
-            .index()
-            .and_then(|index| ServerLink::open(&self.cfg.interface, index));
-        match link {
+        match ServerLink::open(&self.cfg.interface, self.cfg.interface_index) {
             Ok(link) => match link.spawn_readers(self.servers_tx.clone()) {
                 Ok(()) => {
                     self.server_link = Some(link);
@@ -1010,12 +1005,7 @@ impl State {
 
     /// Holds the games' discovery groups on the tunnel while in a party.
     fn join_tunnel_groups(&mut self) {
-        let joined = self
-            .cfg
-            .addresses
-            .index()
-            .and_then(|interface| self.cfg.tunnel_groups.join(interface));
-        match joined {
+        match self.cfg.tunnel_groups.join(self.cfg.interface_index) {
             Ok(()) => {
                 tracing::debug!(groups = ?self.cfg.tunnel_groups.groups(), "discovery groups joined on the tunnel")
             }

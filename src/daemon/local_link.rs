@@ -58,37 +58,12 @@ impl LocalLink {
 
     /// Reads announcements on a new thread until the receiver is gone.
     pub fn spawn_reader(self: &Arc<Self>, tx: Sender<(SocketAddr, Vec<u8>)>) -> io::Result<()> {
-        let link = self.clone();
-        std::thread::Builder::new()
-            .name("lanrage-lan".into())
-            .spawn(move || {
-                let mut buf = vec![0u8; MAX_DATAGRAM + 1];
-                loop {
-                    match link.socket.recv_from(&mut buf) {
-                        Ok((n, from)) => {
-                            if tx.send((from, buf[..n].to_vec())).is_err() {
-                                return;
-                            }
-                        }
-                        Err(e)
-                            if matches!(
-                                e.kind(),
-                                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                            ) =>
-                        {
-                            // The read timeout: a chance to notice the link was dropped
-                            // (left the party, or the daemon stops).
-                            if Arc::strong_count(&link) == 1 {
-                                return;
-                            }
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "local-party socket failed");
-                            return;
-                        }
-                    }
-                }
-            })?;
-        Ok(())
+        super::link_reader::spawn(
+            "lanrage-lan",
+            self.clone(),
+            |link: &LocalLink| &link.socket,
+            MAX_DATAGRAM + 1,
+            move |from, datagram| tx.send((from, datagram.to_vec())).is_ok(),
+        )
     }
 }

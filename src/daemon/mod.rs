@@ -9,6 +9,7 @@ mod control;
 mod games;
 mod key;
 pub(crate) mod lan;
+mod link_reader;
 mod local_link;
 mod multicast_groups;
 mod nat_check;
@@ -86,12 +87,13 @@ pub fn run(args: UpArgs) -> Result<()> {
     let tun = TunDevice::create(&args.interface, threads, DEFAULT_MTU, None)
         .with_context(|| format!("cannot create interface {} (are you root?)", args.interface))?;
     let addresses = tun.addresses();
+    let interface_index = addresses
+        .index()
+        .with_context(|| format!("no interface index for {}", args.interface))?;
     let capture = if args.no_broadcast_capture {
         None
     } else {
-        addresses
-            .index()
-            .and_then(broadcast_capture::BroadcastCapture::open)
+        broadcast_capture::BroadcastCapture::open(interface_index)
             .inspect_err(|e| {
                 tracing::warn!(error = %e, "cannot set up policy routing for games' broadcasts")
             })
@@ -145,6 +147,7 @@ pub fn run(args: UpArgs) -> Result<()> {
         engine: engine.handle(),
         engine_events,
         addresses,
+        interface_index,
         data_dir: args.data_dir.clone(),
         secret,
         port_mapping: port_mapper.as_ref().map(port_map::PortMapper::view),

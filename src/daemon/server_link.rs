@@ -65,52 +65,25 @@ impl ServerLink {
         tx: Sender<(ServerDatagram, SocketAddr, Vec<u8>)>,
     ) -> io::Result<()> {
         for kind in [ServerDatagram::Announcement, ServerDatagram::MinecraftLan] {
-            let link = self.clone();
             let tx = tx.clone();
-            std::thread::Builder::new()
-                .name("lanrage-servers".into())
-                .spawn(move || link.read(kind, &tx))?;
+            super::link_reader::spawn(
+                "lanrage-servers",
+                self.clone(),
+                move |link: &ServerLink| match kind {
+                    ServerDatagram::Announcement => &link.announcements,
+                    ServerDatagram::MinecraftLan => &link.minecraft,
+                },
+                MAX_DATAGRAM + 1,
+                // A full channel: the control thread is behind; drop, the senders repeat
+                // themselves every few seconds.
+                move |from, datagram| {
+                    !matches!(
+                        tx.try_send((kind, from, datagram.to_vec())),
+                        Err(TrySendError::Disconnected(_))
+                    )
+                },
+            )?;
         }
         Ok(())
-    }
-
-    fn read(
-        self: Arc<Self>,
-        kind: ServerDatagram,
-        tx: &Sender<(ServerDatagram, SocketAddr, Vec<u8>)>,
-    ) {
-        let socket = match kind {
-            ServerDatagram::Announcement => &self.announcements,
-            ServerDatagram::MinecraftLan => &self.minecraft,
-        };
-        let mut buf = vec![0u8; MAX_DATAGRAM + 1];
-        loop {
-            match socket.recv_from(&mut buf) {
-                Ok((n, from)) => {
-                    // A full channel: the control thread is behind; drop, the senders repeat
-                    // themselves every few seconds.
-                    if let Err(TrySendError::Disconnected(_)) =
-                        tx.try_send((kind, from, buf[..n].to_vec()))
-                    {
-                        return;
-                    }
-                }
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    // The read timeout: a chance to notice the link was dropped.
-                    if Arc::strong_count(&self) == 1 {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "server browser socket failed");
-                    return;
-                }
-            }
-        }
     }
 }
