@@ -325,6 +325,38 @@ impl Lab {
         );
     }
 
+    /// `lanrage ARGS` in `ns`, its human output.
+    fn cli_text(&self, ns: &str, args: &[&str]) -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", ns, BIN])
+            .args(args)
+            .output()
+            .expect("lanrage runs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A process the process list shows as `executable` (a copy of /bin/sleep): a game, as
+    /// far as detection can tell.
+    fn stand_in_game(&self, executable: &str) -> Child {
+        let binary = self.dir.join(executable);
+        std::fs::copy("/bin/sleep", &binary).expect("copy /bin/sleep");
+        Command::new(&binary)
+            .arg("600")
+            .spawn()
+            .expect("start the stand-in game")
+    }
+
+    /// A UDP server socket on `port` in `ns`, as a game server would open.
+    fn udp_server(&self, ns: &str, port: u16) -> Child {
+        Command::new("ip")
+            .args(["netns", "exec", ns, "socat", "-u"])
+            .arg(format!("UDP4-RECV:{port}"))
+            .arg("/dev/null")
+            .stderr(log(&self.dir, &format!("game-server-{ns}-{port}")))
+            .spawn()
+            .expect("cannot start socat (package socat)")
+    }
+
     fn logs(&self) -> String {
         let mut all = String::new();
         for entry in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
@@ -772,25 +804,8 @@ fn a_hosted_game_server_appears_in_the_other_members_browser() {
 
     // B hosts Warcraft III: the game's process (processes are shared by the namespaces, but
     // listening sockets are not, so only B is hosting) and a server socket on 6112.
-    let game_binary = lab.dir.join("war3.exe");
-    std::fs::copy("/bin/sleep", &game_binary).expect("copy /bin/sleep");
-    let mut game = Command::new(&game_binary)
-        .arg("600")
-        .spawn()
-        .expect("start the stand-in game");
-    let mut server = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &b,
-            "socat",
-            "-u",
-            "UDP4-RECV:6112",
-            "/dev/null",
-        ])
-        .stderr(log(&lab.dir, "game-server"))
-        .spawn()
-        .expect("cannot start socat (package socat)");
+    let mut game = lab.stand_in_game("war3.exe");
+    let mut server = lab.udp_server(&b, 6112);
     let started = Instant::now();
     let listed = |servers: &Value| {
         servers.as_array().is_some_and(|list| {
@@ -814,11 +829,7 @@ fn a_hosted_game_server_appears_in_the_other_members_browser() {
             .is_some_and(|l| l.iter().any(|s| s["own"] == true && s["port"] == 6112)),
         "{own}"
     );
-    let text = Command::new("ip")
-        .args(["netns", "exec", &a, BIN, "servers"])
-        .output()
-        .expect("lanrage servers");
-    let text = String::from_utf8_lossy(&text.stdout);
+    let text = lab.cli_text(&a, &["servers"]);
     assert!(
         text.contains(&format!("{}:6112", ips[1])) && text.contains("player2's Warcraft III"),
         "{text}"
@@ -914,12 +925,7 @@ fn a_running_game_is_detected_and_its_ports_take_the_latency_lane() {
     );
 
     // Warcraft III, as far as the process list can tell.
-    let game_binary = lab.dir.join("war3.exe");
-    std::fs::copy("/bin/sleep", &game_binary).expect("copy /bin/sleep");
-    let mut game = Command::new(&game_binary)
-        .arg("600")
-        .spawn()
-        .expect("start the stand-in game");
+    let mut game = lab.stand_in_game("war3.exe");
     let started = Instant::now();
     let detected = |status: &Value| {
         status["games"]
@@ -936,11 +942,7 @@ fn a_running_game_is_detected_and_its_ports_take_the_latency_lane() {
     eprintln!("detected after {:?}", started.elapsed());
     let status = lab.cli(&ns, &["status", "--json"]);
     eprintln!("scan took {} ms", status["game_scan_ms"]);
-    let text = Command::new("ip")
-        .args(["netns", "exec", &ns, BIN, "status"])
-        .output()
-        .expect("lanrage status");
-    let text = String::from_utf8_lossy(&text.stdout);
+    let text = lab.cli_text(&ns, &["status"]);
     assert!(
         text.contains("Warcraft III") && text.contains("6112"),
         "{text}"
@@ -949,30 +951,14 @@ fn a_running_game_is_detected_and_its_ports_take_the_latency_lane() {
     assert_eq!(games[0]["id"], "warcraft3", "{games}");
 
     // Hosting: a server socket on the game's port is seen listening within a scan.
-    let mut server = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &ns,
-            "socat",
-            "-u",
-            "UDP4-RECV:6112",
-            "/dev/null",
-        ])
-        .stderr(log(&lab.dir, "game-server"))
-        .spawn()
-        .expect("cannot start socat (package socat)");
+    let mut server = lab.udp_server(&ns, 6112);
     wait_for("the game's port to be seen listening", 2 * SCAN, || {
         let games = lab.cli(&ns, &["games", "--json"]);
         games[0]["listening"]
             .as_array()
             .is_some_and(|p| p.iter().any(|p| p == 6112))
     });
-    let text = Command::new("ip")
-        .args(["netns", "exec", &ns, BIN, "games"])
-        .output()
-        .expect("lanrage games");
-    let text = String::from_utf8_lossy(&text.stdout);
+    let text = lab.cli_text(&ns, &["games"]);
     assert!(text.contains("serving on 6112"), "{text}");
     let _ = server.kill();
     let _ = server.wait();

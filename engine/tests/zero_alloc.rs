@@ -91,26 +91,16 @@ fn steady_state_packet_path_does_not_allocate() {
 /// A UDP/IPv4 datagram of `payload` bytes with its checksums filled in, so that the coalescer
 /// may merge it.
 fn checksummed_udp(payload: usize) -> Vec<u8> {
-    fn sum(data: &[u8], seed: u32) -> u32 {
-        let mut acc = seed;
-        for pair in data.chunks(2) {
-            acc += u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]));
-        }
-        while acc > 0xffff {
-            acc = (acc & 0xffff) + (acc >> 16);
-        }
-        acc
-    }
     let mut p =
         lanrage_engine::loopback::ipv4_packet([100, 64, 0, 1], [100, 64, 0, 2], 28 + payload);
     let udp_len = (8 + payload) as u16;
-    let ip_check = !(sum(&p[..20], 0) as u16);
+    let ip_check = !tun_rs::checksum(&p[..20], 0);
     p[10..12].copy_from_slice(&ip_check.to_be_bytes());
     p[20..22].copy_from_slice(&6112u16.to_be_bytes());
     p[22..24].copy_from_slice(&6112u16.to_be_bytes());
     p[24..26].copy_from_slice(&udp_len.to_be_bytes());
-    let pseudo = sum(&p[12..20], 0) + 17 + u32::from(udp_len);
-    let check = !(sum(&p[20..], pseudo) as u16);
+    let pseudo = tun_rs::checksum_no_fold(&p[12..20], 17 + u64::from(udp_len));
+    let check = !tun_rs::checksum(&p[20..], pseudo);
     p[26..28].copy_from_slice(&check.to_be_bytes());
     p
 }
