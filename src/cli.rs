@@ -315,6 +315,10 @@ fn print_status(s: &Status) {
             }
         }
     }
+    println!(
+        "tunnel:     MTU {}, keepalive every {} s",
+        s.mtu, s.keepalive_secs
+    );
     if !s.latency_lane_ports.is_empty() {
         let ports: Vec<String> = s.latency_lane_ports.iter().map(u16::to_string).collect();
         println!("lane ports: {} (their packets go first)", ports.join(", "));

@@ -76,6 +76,13 @@ pub struct Status {
     /// How long the last scan for games took, in milliseconds; absent when detection is off.
     #[serde(default)]
     pub game_scan_ms: Option<f64>,
+    /// WireGuard persistent keepalive toward the members now, in seconds (a running game may
+    /// ask for less than the default).
+    #[serde(default)]
+    pub keepalive_secs: u16,
+    /// The tunnel's MTU now (a running game may ask for less than the default).
+    #[serde(default)]
+    pub mtu: u16,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -142,6 +149,9 @@ pub struct PeerInfo {
     /// Times the path went silent and had to be found again.
     #[serde(default)]
     pub path_losses: u32,
+    /// The engine's persistent keepalive toward the peer, in seconds (0: off).
+    #[serde(default)]
+    pub keepalive_secs: u16,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

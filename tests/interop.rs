@@ -51,7 +51,14 @@ macro_rules! for_each_pair {
     )*};
 }
 
-for_each_pair!(ping, tcp_transfer, peer_remove, roaming, wg_show);
+for_each_pair!(
+    ping,
+    tcp_transfer,
+    peer_remove,
+    roaming,
+    wg_show,
+    persistent_keepalive
+);
 
 /// Pings a burst each way over inner IPv4 and IPv6 (the tunnel carries both families).
 fn ping(initiator: Impl, responder: Impl) {
@@ -300,6 +307,62 @@ fn check_wg_show(node: &Node, peer: &Node, started: u64) {
     assert!(
         p.rx_bytes > 0 && p.tx_bytes > 0,
         "{who}: transfer counters should be non-zero, {dump:?}"
+    );
+}
+
+/// `wg set … persistent-keepalive`: an idle initiator keeps sending keepalives every interval
+/// (32-byte transport messages, seen in the responder's receive counter); changing the
+/// interval keeps the session (no new handshake); 0 turns them off.
+fn persistent_keepalive(initiator: Impl, responder: Impl) {
+    const KEEPALIVE_LEN: u64 = 32;
+    let pair = Pair::new(initiator, responder);
+    pair.handshake();
+    let (i, r) = (&pair.initiator, &pair.responder);
+    let who = format!("{:?} → {:?}", i.imp, r.imp);
+    let set = |secs: &str| {
+        i.wg(&[
+            "set",
+            &i.ifname,
+            "peer",
+            &r.public_key,
+            "persistent-keepalive",
+            secs,
+        ]);
+    };
+    let received = || r.dump().peers.first().map_or(0, |p| p.rx_bytes);
+    let handshake = || i.dump().peers.first().map_or(0, |p| p.latest_handshake);
+
+    set("1");
+    let (rx, session) = (received(), handshake());
+    std::thread::sleep(Duration::from_millis(3500));
+    let keepalives = (received() - rx) / KEEPALIVE_LEN;
+    assert!(
+        (2..=5).contains(&keepalives),
+        "{who}: {keepalives} keepalives in 3.5 s at an interval of 1 s"
+    );
+
+    set("2");
+    let rx = received();
+    std::thread::sleep(Duration::from_millis(4500));
+    let keepalives = (received() - rx) / KEEPALIVE_LEN;
+    assert!(
+        (1..=3).contains(&keepalives),
+        "{who}: {keepalives} keepalives in 4.5 s at an interval of 2 s"
+    );
+    assert_eq!(
+        handshake(),
+        session,
+        "{who}: changing the keepalive interval started a new session"
+    );
+
+    set("0");
+    std::thread::sleep(Duration::from_millis(300));
+    let rx = received();
+    std::thread::sleep(Duration::from_millis(3000));
+    assert_eq!(
+        received(),
+        rx,
+        "{who}: keepalives still sent after turning them off"
     );
 }
 

@@ -974,3 +974,65 @@ fn a_running_game_is_detected_and_its_ports_take_the_latency_lane() {
         },
     );
 }
+
+/// A running game's profile tunes the tunnel: a custom profile in the data directory asking
+/// for a 10 s keepalive and MTU 1380 reaches the engine and the interface within a scan,
+/// packets of the new MTU still cross unfragmented, and stopping the game reverts both.
+#[test]
+fn a_running_games_profile_sets_keepalive_and_mtu_until_it_stops() {
+    const SCAN: Duration = Duration::from_secs(2);
+    let mut lab = Lab::new(2);
+    let games = lab.dir.join("data1").join("games");
+    std::fs::create_dir_all(&games).expect("create the profile directory");
+    let profile = serde_json::json!({
+        "tunedgame": {
+            "name": "Tuned Game", "executable": "tunedgame.exe", "ports": [27960],
+            "protocol": "udp", "broadcast": false, "multicast": false, "keepalive": 10,
+            "mtu": 1380, "description": "a game that wants small packets",
+            "low_latency": true, "high_bandwidth": false, "packet_priority": "high"
+        }
+    });
+    std::fs::write(games.join("tuned.json"), profile.to_string()).expect("write the profile");
+    lab.start_daemons(true);
+    let [a, b] = [0, 1].map(|i| lab.members[i].clone());
+    lab.form_party();
+    lab.wait_for_peers(&a, 1, PING_TIMEOUT);
+    let ips = lab.all_ping_each_other();
+    let tuned = |keepalive: u16, mtu: u16| {
+        let status = lab.cli(&a, &["status", "--json"]);
+        let link = run(&["ip", "netns", "exec", &a, "ip", "-o", "link", "show", "lr0"]);
+        status["keepalive_secs"] == keepalive
+            && status["mtu"] == mtu
+            && status["peers"][0]["keepalive_secs"] == keepalive
+            && String::from_utf8_lossy(&link.stdout).contains(&format!(" mtu {mtu} "))
+    };
+    assert!(tuned(25, 1420), "{}", lab.cli(&a, &["status", "--json"]));
+
+    let mut game = lab.stand_in_game("tunedgame");
+    wait_for("the profile's keepalive and MTU to apply", 2 * SCAN, || {
+        tuned(10, 1380)
+    });
+    let text = lab.cli_text(&a, &["status"]);
+    assert!(text.contains("MTU 1380, keepalive every 10 s"), "{text}");
+    // 1352 bytes of ICMP payload make a 1380-byte packet: it fits, one byte more does not.
+    let ping_df = |size: &str| {
+        Command::new("ip")
+            .args([
+                "netns", "exec", &a, "ping", "-n", "-c", "1", "-W", "2", "-M", "do", "-s",
+            ])
+            .args([size, &ips[1]])
+            .output()
+            .expect("cannot run ping")
+            .status
+            .success()
+    };
+    assert!(ping_df("1352"), "a full-size packet at MTU 1380 crosses");
+    assert!(!ping_df("1353"), "a packet above MTU 1380 is refused");
+    assert_eq!(lab.virtual_ip(&b), ips[1]);
+
+    let _ = game.kill();
+    let _ = game.wait();
+    wait_for("the tunnel to be as configured again", 2 * SCAN, || {
+        tuned(25, 1420)
+    });
+}

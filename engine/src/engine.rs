@@ -173,7 +173,42 @@ struct PeerEntry {
     peer: Arc<Peer>,
     preshared_key: Option<Key>,
     persistent_keepalive: u16,
+    /// When we last saw our traffic to the peer move (the persistent keepalive's clock).
+    quiet: Quiet,
     allowed_ips: Vec<Prefix>,
+}
+
+/// Persistent keepalive is timed here, not by boringtun, whose sessions fix the interval when
+/// they are created: a game's profile or the NAT changes it while traffic flows, and a new
+/// session would cost a handshake. As WireGuard does, a keepalive goes out when nothing was
+/// sent for the interval; only what we send counts, since that is what refreshes our NAT's
+/// mapping. The workers' transmit counter tells, so the packet path pays nothing for it.
+#[derive(Debug, Clone, Copy)]
+struct Quiet {
+    tx_bytes: u64,
+    since: Instant,
+}
+
+impl Quiet {
+    fn new(peer: &Peer) -> Self {
+        Quiet {
+            tx_bytes: peer.tx_bytes(),
+            since: Instant::now(),
+        }
+    }
+
+    /// Whether a keepalive is due: nothing sent for `interval` seconds (0: never).
+    fn keepalive_due(&mut self, peer: &Peer, interval: u16, now: Instant) -> bool {
+        let sent = peer.tx_bytes();
+        if sent != self.tx_bytes {
+            *self = Quiet {
+                tx_bytes: sent,
+                since: now,
+            };
+            return false;
+        }
+        interval > 0 && now.duration_since(self.since) >= Duration::from_secs(interval.into())
+    }
 }
 
 struct Control {
@@ -241,13 +276,15 @@ impl Control {
         }
     }
 
-    /// Drives every session's timers: handshake retries, keepalives, rekeys, expiry.
-    fn run_timers(&self, buf: &mut [u8]) {
+    /// Drives every session's timers: handshake retries, rekeys, expiry, and the persistent
+    /// keepalive (see [`Quiet`]).
+    fn run_timers(&mut self, buf: &mut [u8]) {
         let Some(socket) = self.sockets.first() else {
             return;
         };
         let dual_stack = self.dual_stack;
-        for entry in self.peers.values() {
+        let now = Instant::now();
+        for entry in self.peers.values_mut() {
             let peer = &entry.peer;
             let mut state = peer.state.lock();
             let endpoint = state.endpoint;
@@ -264,6 +301,20 @@ impl Control {
                 let datagram = framed(buf, to, len);
                 peer.add_tx(datagram.len());
                 send_one(socket, datagram, to.addr, dual_stack);
+            }
+            if entry
+                .quiet
+                .keepalive_due(peer, entry.persistent_keepalive, now)
+            {
+                // An empty packet, or the handshake initiation a session must begin with.
+                if let TunnResult::WriteToNetwork(message) = tunn.encapsulate(&[], &mut buf[head..])
+                {
+                    let len = message.len();
+                    let datagram = framed(buf, to, len);
+                    peer.add_tx(datagram.len());
+                    send_one(socket, datagram, to.addr, dual_stack);
+                }
+                entry.quiet = Quiet::new(peer);
             }
         }
     }
@@ -411,31 +462,21 @@ impl Control {
         }
     }
 
-    fn new_tunn_for(
-        &self,
-        public_key: Key,
-        index: u32,
-        psk: Option<Key>,
-        keepalive: u16,
-    ) -> Option<Tunn> {
+    fn new_tunn_for(&self, public_key: Key, index: u32, psk: Option<Key>) -> Option<Tunn> {
         let identity = self.identity.as_ref()?;
         Some(Tunn::new(
             identity.secret.clone(),
             PublicKey::from(public_key),
             psk,
-            (keepalive > 0).then_some(keepalive),
+            // Timed by the control loop instead (see `Quiet`).
+            None,
             index,
             Some(identity.rate_limiter.clone()),
         ))
     }
 
     fn new_tunn(&self, entry: &PeerEntry) -> Option<Tunn> {
-        self.new_tunn_for(
-            entry.peer.public_key,
-            entry.peer.index,
-            entry.preshared_key,
-            entry.persistent_keepalive,
-        )
+        self.new_tunn_for(entry.peer.public_key, entry.peer.index, entry.preshared_key)
     }
 
     /// Applies one peer's changes; returns whether they turned persistent keepalive on.
@@ -460,9 +501,11 @@ impl Control {
             let index = self.free_index();
             let psk = change.preshared_key.flatten();
             let keepalive = change.persistent_keepalive.unwrap_or(0);
-            let tunn = self.new_tunn_for(key, index, psk, keepalive);
+            let tunn = self.new_tunn_for(key, index, psk);
+            let peer = Arc::new(Peer::new(key, index, tunn, change.endpoint));
             let entry = PeerEntry {
-                peer: Arc::new(Peer::new(key, index, tunn, change.endpoint)),
+                quiet: Quiet::new(&peer),
+                peer,
                 preshared_key: psk,
                 persistent_keepalive: keepalive,
                 allowed_ips: Vec::new(),
@@ -477,7 +520,6 @@ impl Control {
                 entry.preshared_key = psk;
             }
             if let Some(keepalive) = change.persistent_keepalive {
-                rebuild_session |= keepalive != entry.persistent_keepalive;
                 entry.persistent_keepalive = keepalive;
             }
             if let Some(endpoint) = change.endpoint {
@@ -501,7 +543,7 @@ impl Control {
             }
         }
         if rebuild_session {
-            // boringtun fixes the pre-shared key and keepalive at session creation.
+            // boringtun fixes the pre-shared key at session creation.
             if let Some(entry) = self.peers.get(&key) {
                 let tunn = self.new_tunn(entry);
                 entry.peer.state.lock().tunn = tunn;

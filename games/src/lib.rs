@@ -5,3 +5,4 @@ pub mod detect;
 pub mod processes;
 pub mod profile;
 pub mod sockets;
+pub mod tuning;

@@ -22,7 +22,7 @@ use lanrage_control::relay::RelayClient;
 use lanrage_control::relay::frame::is_relay_control;
 use lanrage_control::server_api::{EventJson, PartyJson};
 use lanrage_control::servers::{self, Announcement, HostedServer, ServerList};
-use lanrage_engine::io::tun::TunAddresses;
+use lanrage_engine::io::tun::{DEFAULT_MTU, TunAddresses};
 use lanrage_engine::lan::LanScope;
 use lanrage_engine::wire::{RELAY_HEADER_LEN, write_relay_header};
 use lanrage_engine::{
@@ -40,8 +40,12 @@ use super::server_link::{ServerDatagram, ServerLink};
 use crate::local_api::{
     GameSummary, HostRequest, NatSummary, PartySummary, PeerInfo, RelaySummary, ServerInfo, Status,
 };
+use lanrage_games::tuning::Tuning;
 
-/// WireGuard keepalive toward party members: keeps NAT mappings open between game packets.
+/// WireGuard persistent keepalive toward party members, unless a running game asks for less.
+/// Path probing (every second, see `PathSelector`) is what holds NAT mappings open; the
+/// keepalive keeps each session established, so a game's first packet after a quiet spell
+/// never waits for a handshake (WireGuard's sessions lapse after 3 idle minutes).
 const KEEPALIVE_SECS: u16 = 25;
 /// How long the loop sleeps when nothing is scheduled.
 const IDLE_WAKE: Duration = Duration::from_secs(1);
@@ -120,8 +124,8 @@ struct State {
     /// The games the last scan found, and how long it took.
     games: Vec<RunningGame>,
     game_scan: Option<Duration>,
-    /// The ports the engine's latency lane has now.
-    lane_ports: Vec<u16>,
+    /// The tunnel's settings for the running games, as applied.
+    tuning: Tuning,
     /// The virtual IP while in a party.
     virtual_ip: Option<Ipv4Addr>,
     /// The server browser: what the other members host, the socket it travels on while in a
@@ -143,7 +147,7 @@ impl ControlThread {
         let me = self.me;
         let engine_events = self.engine_events.clone();
         let game_scans = self.games.clone().unwrap_or_else(crossbeam_channel::never);
-        let lane_ports = self.priority.ports.clone();
+        let tuning = base_tuning(&self.priority);
         let nat = NatCheck::new(self.stun_servers.clone());
         let paths = PathSelector::new(self.secret.into(), super::random_id);
         let mut state = State {
@@ -162,7 +166,7 @@ impl ControlThread {
             mapping: None,
             games: Vec::new(),
             game_scan: None,
-            lane_ports,
+            tuning,
             virtual_ip: None,
             servers: ServerList::default(),
             hosted: Vec::new(),
@@ -596,7 +600,7 @@ impl State {
                         .path(&peer, now)
                         .map(|(endpoint, _)| engine_endpoint(endpoint))
                         .or_else(|| endpoints.first().copied().map(Endpoint::direct));
-                    update.persistent_keepalive = Some(KEEPALIVE_SECS);
+                    update.persistent_keepalive = Some(self.tuning.keepalive);
                     update.replace_allowed_ips = true;
                     update.allowed_ips = vec![Prefix {
                         addr: IpAddr::V4(virtual_ip),
@@ -771,11 +775,11 @@ impl State {
             return;
         };
         let plan = self.virtual_ip.map(|address| {
-            let games = self.games.iter().flat_map(|g| g.discovery_ports.iter());
+            let games = self.games.iter().flat_map(|g| g.profile.discovery_ports());
             let ports = broadcast_capture::DEFAULT_PORTS
                 .iter()
-                .chain(games)
-                .copied();
+                .copied()
+                .chain(games);
             CapturePlan::new(self.cfg.interface_index, address, ports)
         });
         let ports = plan.as_ref().map(|p| p.port_ranges.clone());
@@ -1015,26 +1019,64 @@ impl State {
         }
     }
 
-    /// A running game's traffic takes the latency lane while it runs; when it stops, the lane
-    /// is what it was.
+    /// While a game runs, the tunnel is tuned for it (see `Tuning`): its traffic takes the
+    /// latency lane, and its keepalive and MTU apply if stricter. When it stops, all of it is
+    /// as configured again.
     fn games_scanned(&mut self, scan: GameScan) {
         self.game_scan = Some(scan.took);
         self.games = scan.running;
         self.update_capture();
-        let mut ports = self.cfg.priority.ports.clone();
-        ports.extend(self.games.iter().flat_map(|g| g.ports.iter().copied()));
-        ports.sort_unstable();
-        ports.dedup();
-        if ports == self.lane_ports {
-            return;
+        let base = base_tuning(&self.cfg.priority);
+        let tuning = Tuning::for_games(&base, self.games.iter().map(|g| &g.profile));
+        if tuning.lane_ports != self.tuning.lane_ports {
+            let policy = PriorityPolicy {
+                ports: tuning.lane_ports.clone(),
+                ..self.cfg.priority.clone()
+            };
+            if self.cfg.engine.set_priority(policy).is_ok() {
+                tracing::info!(ports = ?tuning.lane_ports, "latency lane ports set for the running games");
+                self.tuning.lane_ports = tuning.lane_ports;
+            }
         }
-        let policy = PriorityPolicy {
-            ports: ports.clone(),
-            ..self.cfg.priority.clone()
-        };
-        if self.cfg.engine.set_priority(policy).is_ok() {
-            tracing::info!(?ports, "latency lane ports set for the running games");
-            self.lane_ports = ports;
+        if tuning.keepalive != self.tuning.keepalive {
+            let peers = self.membership.party().map_or_else(Vec::new, |party| {
+                party
+                    .members
+                    .iter()
+                    .filter(|m| m.peer != self.cfg.me)
+                    .map(|m| {
+                        let mut update = PeerUpdate::new(m.peer.0);
+                        update.update_only = true;
+                        update.persistent_keepalive = Some(tuning.keepalive);
+                        update
+                    })
+                    .collect()
+            });
+            let update = DeviceUpdate {
+                peers,
+                ..DeviceUpdate::default()
+            };
+            match self.cfg.engine.update(update) {
+                Ok(()) => {
+                    tracing::info!(
+                        seconds = tuning.keepalive,
+                        "persistent keepalive set for the running games"
+                    );
+                    self.tuning.keepalive = tuning.keepalive;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot set the keepalive for the running games")
+                }
+            }
+        }
+        if tuning.mtu != self.tuning.mtu {
+            match self.cfg.addresses.set_mtu(tuning.mtu) {
+                Ok(()) => {
+                    tracing::info!(mtu = tuning.mtu, "tunnel MTU set for the running games");
+                    self.tuning.mtu = tuning.mtu;
+                }
+                Err(e) => tracing::warn!(mtu = tuning.mtu, error = %e, "cannot set the tunnel MTU"),
+            }
         }
     }
 
@@ -1077,7 +1119,9 @@ impl State {
                     listening: g.detected.ports.clone(),
                 })
                 .collect(),
-            latency_lane_ports: self.lane_ports.clone(),
+            latency_lane_ports: self.tuning.lane_ports.clone(),
+            keepalive_secs: self.tuning.keepalive,
+            mtu: self.tuning.mtu,
             game_scan_ms: self.game_scan.map(|d| d.as_secs_f64() * 1e3),
         }
     }
@@ -1140,6 +1184,7 @@ impl State {
                     }
                     .to_owned(),
                     path_losses: self.paths.losses(&m.peer),
+                    keepalive_secs: live.map_or(0, |p| p.persistent_keepalive),
                 }
             })
             .collect()
@@ -1164,6 +1209,15 @@ fn engine_endpoint(path: PathAddr) -> Endpoint {
 }
 
 /// The wall clock in microseconds: relay bind counters start above any used before.
+/// The tunnel's settings while no game runs.
+fn base_tuning(priority: &PriorityPolicy) -> Tuning {
+    Tuning {
+        keepalive: KEEPALIVE_SECS,
+        mtu: DEFAULT_MTU,
+        lane_ports: priority.ports.clone(),
+    }
+}
+
 fn unix_micros() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)

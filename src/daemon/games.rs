@@ -16,14 +16,11 @@ use lanrage_games::sockets;
 /// scan costs a few milliseconds of CPU.
 pub const SCAN_PERIOD: Duration = Duration::from_secs(2);
 
-/// A game running now, with what its profile asks of the tunnel.
+/// A game running now, and its profile: what it asks of the tunnel.
 #[derive(Debug, Clone)]
 pub struct RunningGame {
     pub detected: Detected,
-    /// The profile's ports: its traffic takes the latency lane.
-    pub ports: Vec<u16>,
-    /// The UDP ports it sends LAN discovery broadcasts or multicast to.
-    pub discovery_ports: Vec<u16>,
+    pub profile: GameProfile,
 }
 
 /// What one scan found, for the control thread: the whole state, not changes, so a scan the
@@ -97,16 +94,11 @@ fn watch(profiles: ProfileSet, scans: Sender<GameScan>, stop: Receiver<()>) {
         let running = detector
             .running()
             .into_iter()
-            .map(|detected| RunningGame {
-                ports: profiles
-                    .get(&detected.id)
-                    .map(|p| p.ports.clone())
-                    .unwrap_or_default(),
-                discovery_ports: profiles
-                    .get(&detected.id)
-                    .map(GameProfile::discovery_ports)
-                    .unwrap_or_default(),
-                detected: detected.clone(),
+            .filter_map(|detected| {
+                Some(RunningGame {
+                    profile: profiles.get(&detected.id)?.clone(),
+                    detected: detected.clone(),
+                })
             })
             .collect();
         let took = started.elapsed();

@@ -104,7 +104,8 @@ impl TunDevice {
     }
 }
 
-/// Sets the TUN interface's IPv4 address (the party's virtual IP) while the engine runs.
+/// Sets the TUN interface's IPv4 address (the party's virtual IP) and MTU while the engine
+/// runs.
 #[derive(Clone)]
 pub struct TunAddresses(Arc<SyncDevice>);
 
@@ -118,6 +119,18 @@ impl TunAddresses {
     /// The interface's index (for routes and rules that name it).
     pub fn index(&self) -> io::Result<u32> {
         self.0.if_index()
+    }
+
+    /// Sets the interface's MTU: what the kernel hands the engine shrinks or grows at once
+    /// (the engine's buffers are sized for [`MAX_MTU`]).
+    pub fn set_mtu(&self, mtu: u16) -> io::Result<()> {
+        if usize::from(mtu) > MAX_MTU {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("MTU {mtu} is above the supported maximum of {MAX_MTU}"),
+            ));
+        }
+        self.0.set_mtu(mtu)
     }
 
     /// Removes the interface's IPv4 addresses (it stays up).
