@@ -152,6 +152,10 @@ pub struct PeerInfo {
     /// The engine's persistent keepalive toward the peer, in seconds (0: off).
     #[serde(default)]
     pub keepalive_secs: u16,
+    /// The IPv4 multicast groups the peer listens to, as it announced them: the LAN multicast
+    /// it is sent. Absent while not known: it is sent every group.
+    #[serde(default)]
+    pub multicast_groups: Option<Vec<Ipv4Addr>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

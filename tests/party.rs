@@ -301,6 +301,28 @@ impl Lab {
             .expect("cannot start socat (package socat)")
     }
 
+    /// Waits until `ns` has heard that the peers at `listeners` (virtual IPs) listen to
+    /// multicast `group` (its engine sends the group only to members known to listen).
+    fn wait_for_listeners(&self, ns: &str, group: &str, listeners: &[&str]) {
+        wait_for(
+            &format!("{ns} to hear that {listeners:?} listen to {group}"),
+            Duration::from_secs(5),
+            || {
+                let peers = self.cli(ns, &["peers", "--json"]);
+                listeners.iter().all(|ip| {
+                    peers.as_array().is_some_and(|peers| {
+                        peers.iter().any(|p| {
+                            p["virtual_ip"] == *ip
+                                && p["multicast_groups"]
+                                    .as_array()
+                                    .is_some_and(|g| g.iter().any(|g| g == group))
+                        })
+                    })
+                })
+            },
+        );
+    }
+
     /// Sends one datagram with `payload` from `ns` to socat address `to` (HOST:PORT,OPTIONS).
     fn udp_send(&self, ns: &str, payload: &str, to: &str) {
         let mut child = Command::new("ip")
@@ -628,7 +650,7 @@ fn game_discovery_broadcasts_reach_every_member_once() {
     }
     let reply_file = lab.dir.join("a-4446.txt");
     listeners.push(lab.udp_listener(&a, 4446, None, &reply_file));
-    std::thread::sleep(Duration::from_millis(300));
+    lab.wait_for_listeners(&a, "224.0.0.251", &[&ips[1], &ips[2]]);
 
     // Like most hosts, A's default route is its physical LAN (which B and C share): a game's
     // broadcast from a socket bound to no address would leave by eth0 and reach them from A's
@@ -1035,4 +1057,70 @@ fn a_running_games_profile_sets_keepalive_and_mtu_until_it_stops() {
     wait_for("the tunnel to be as configured again", 2 * SCAN, || {
         tuned(25, 1420)
     });
+}
+
+/// Multicast by membership: members announce the groups their hosts listen to, and a group's
+/// packets go only to members that listen (C), not to one that does not (B), until B joins.
+#[test]
+fn multicast_reaches_only_the_members_that_listen_to_its_group() {
+    const GROUP: &str = "239.7.7.7";
+    const COPIES: u64 = 20;
+    let mut lab = Lab::new(3);
+    lab.start_daemons(true);
+    let [a, b, c] = [0, 1, 2].map(|i| lab.members[i].clone());
+    lab.form_party();
+    let ips = lab.all_ping_each_other();
+    let payload = "m".repeat(1000);
+    let to = format!("{GROUP}:7000,ip-multicast-if={}", ips[0]);
+    let send_all = || {
+        for _ in 0..COPIES {
+            lab.udp_send(&a, &payload, &to);
+        }
+    };
+
+    let c_file = lab.dir.join("c-7000.txt");
+    let mut listeners = vec![lab.udp_listener(&c, 7000, Some(&format!("{GROUP}:lr0")), &c_file)];
+    lab.wait_for_listeners(&a, GROUP, &[&ips[2]]);
+    let b_groups = || {
+        let peers = lab.cli(&a, &["peers", "--json"]);
+        peers
+            .as_array()
+            .and_then(|p| p.iter().find(|p| p["virtual_ip"] == ips[1].as_str()))
+            .map(|p| p["multicast_groups"].clone())
+            .unwrap_or_default()
+    };
+    wait_for("A to hear B's groups", Duration::from_secs(7), || {
+        b_groups().is_array()
+    });
+    let groups = b_groups();
+    assert!(
+        !groups.as_array().unwrap().iter().any(|g| g == GROUP),
+        "B does not listen to {GROUP}: {groups}"
+    );
+    let (b_before, _) = tunnel_bytes(&b);
+    send_all();
+    wait_for("C to receive every copy", Duration::from_secs(5), || {
+        std::fs::read_to_string(&c_file).is_ok_and(|t| t.lines().count() as u64 == COPIES)
+    });
+    let (b_after, _) = tunnel_bytes(&b);
+    // B's tunnel carries only the members' announcements meanwhile (a few hundred bytes).
+    assert!(
+        b_after - b_before < COPIES * 1000 / 4,
+        "B, which does not listen to {GROUP}, received {} bytes",
+        b_after - b_before
+    );
+
+    let b_file = lab.dir.join("b-7000.txt");
+    listeners.push(lab.udp_listener(&b, 7000, Some(&format!("{GROUP}:lr0")), &b_file));
+    lab.wait_for_listeners(&a, GROUP, &[&ips[1], &ips[2]]);
+    send_all();
+    wait_for(
+        "B, now listening, to receive every copy",
+        Duration::from_secs(5),
+        || std::fs::read_to_string(&b_file).is_ok_and(|t| t.lines().count() as u64 == COPIES),
+    );
+    for mut listener in listeners {
+        let _ = listener.kill();
+        let _ = listener.wait();
+    }
 }

@@ -9,6 +9,10 @@
 //! every [`ANNOUNCE_EVERY`]. They travel inside WireGuard, whose allowed-IPs check makes the
 //! source address the sender's identity; a member can only speak for itself. Anything a member
 //! sends is bounded ([`Announcement::decode`]) before it is kept.
+//!
+//! An announcement also names the IPv4 multicast groups the member's host listens to, so that
+//! the others' engines send it only the multicast it hears; a member not heard from (or one
+//! listening to more than [`MAX_GROUPS`]) gets every group.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -35,6 +39,10 @@ pub const MAX_SERVERS: usize = 16;
 /// Longest game id or server name, in bytes.
 pub const MAX_TEXT: usize = 64;
 
+/// Most multicast groups one member may name; a host that listens to more says nothing
+/// (and receives every group).
+pub const MAX_GROUPS: usize = 32;
+
 /// One server a member hosts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostedServer {
@@ -48,10 +56,13 @@ pub struct HostedServer {
     pub players: Option<u32>,
 }
 
-/// What one member announces: every server it hosts now.
+/// What one member announces: every server it hosts now, and the multicast groups it listens
+/// to (absent: not known, from an older member or one that listens to too many).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Announcement {
     pub servers: Vec<HostedServer>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groups: Option<Vec<Ipv4Addr>>,
 }
 
 /// Why an announcement was refused.
@@ -60,6 +71,7 @@ pub enum AnnouncementError {
     TooLarge(usize),
     Malformed(String),
     TooManyServers(usize),
+    TooManyGroups(usize),
     TextTooLong,
 }
 
@@ -71,6 +83,9 @@ impl std::fmt::Display for AnnouncementError {
             AnnouncementError::TooManyServers(n) => {
                 write!(f, "{n} servers, above {MAX_SERVERS}")
             }
+            AnnouncementError::TooManyGroups(n) => {
+                write!(f, "{n} multicast groups, above {MAX_GROUPS}")
+            }
             AnnouncementError::TextTooLong => {
                 write!(f, "a game id or name longer than {MAX_TEXT} bytes")
             }
@@ -81,8 +96,9 @@ impl std::fmt::Display for AnnouncementError {
 impl std::error::Error for AnnouncementError {}
 
 impl Announcement {
-    /// The datagram, with servers beyond [`MAX_SERVERS`] left out and texts cut to
-    /// [`MAX_TEXT`] bytes, so that what we send is what others accept.
+    /// The datagram, with servers beyond [`MAX_SERVERS`] left out, texts cut to [`MAX_TEXT`]
+    /// bytes and more than [`MAX_GROUPS`] groups left unsaid, so that what we send is what
+    /// others accept.
     pub fn encode(&self) -> Vec<u8> {
         let servers = self
             .servers
@@ -94,7 +110,8 @@ impl Announcement {
                 ..s.clone()
             })
             .collect();
-        let mut bytes = serde_json::to_vec(&Announcement { servers }).unwrap_or_default();
+        let groups = self.groups.clone().filter(|g| g.len() <= MAX_GROUPS);
+        let mut bytes = serde_json::to_vec(&Announcement { servers, groups }).unwrap_or_default();
         // Sixteen servers of 64-byte texts could overflow one datagram: drop from the end.
         let mut announcement: Announcement = serde_json::from_slice(&bytes).unwrap_or_default();
         while bytes.len() > MAX_DATAGRAM && announcement.servers.pop().is_some() {
@@ -120,6 +137,15 @@ impl Announcement {
             .any(|s| s.game.len() > MAX_TEXT || s.name.len() > MAX_TEXT)
         {
             return Err(AnnouncementError::TextTooLong);
+        }
+        let mut announcement = announcement;
+        if let Some(groups) = &mut announcement.groups {
+            if groups.len() > MAX_GROUPS {
+                return Err(AnnouncementError::TooManyGroups(groups.len()));
+            }
+            groups.retain(Ipv4Addr::is_multicast);
+            groups.sort_unstable();
+            groups.dedup();
         }
         Ok(announcement)
     }
@@ -157,7 +183,7 @@ fn between<'a>(text: &'a str, open: &str, close: &str) -> Option<&'a str> {
 /// LAN announcements, by host and port.
 #[derive(Debug, Default)]
 pub struct ServerList {
-    by_host: BTreeMap<Ipv4Addr, (Instant, Vec<HostedServer>)>,
+    by_host: BTreeMap<Ipv4Addr, (Instant, Announcement)>,
     discovered: BTreeMap<(Ipv4Addr, u16), (Instant, HostedServer)>,
 }
 
@@ -165,7 +191,7 @@ impl ServerList {
     /// `host` (a member's virtual IP) announced `announcement` at `now`: its list replaces
     /// what it said before.
     pub fn heard(&mut self, now: Instant, host: Ipv4Addr, announcement: Announcement) {
-        self.by_host.insert(host, (now, announcement.servers));
+        self.by_host.insert(host, (now, announcement));
     }
 
     /// A game on `host` announced `server` on the LAN at `now`.
@@ -200,7 +226,7 @@ impl ServerList {
                 !self
                     .by_host
                     .get(host)
-                    .is_some_and(|(_, list)| list.iter().any(|s| s.port == *port))
+                    .is_some_and(|(_, a)| a.servers.iter().any(|s| s.port == *port))
             })
             .map(|((host, _), (_, server))| (*host, server))
     }
@@ -209,7 +235,12 @@ impl ServerList {
     pub fn servers(&self) -> impl Iterator<Item = (Ipv4Addr, &HostedServer)> {
         self.by_host
             .iter()
-            .flat_map(|(host, (_, servers))| servers.iter().map(move |s| (*host, s)))
+            .flat_map(|(host, (_, a))| a.servers.iter().map(move |s| (*host, s)))
+    }
+
+    /// The multicast groups `host` listens to, if it said (and has not fallen silent).
+    pub fn groups(&self, host: Ipv4Addr) -> Option<&[Ipv4Addr]> {
+        self.by_host.get(&host)?.1.groups.as_deref()
     }
 }
 
@@ -230,6 +261,7 @@ mod tests {
     fn announcements_round_trip_and_bad_ones_are_refused() {
         let a = Announcement {
             servers: vec![server("warcraft3", 6112), server("minecraft_java", 25565)],
+            groups: None,
         };
         assert_eq!(Announcement::decode(&a.encode()).unwrap(), a);
         assert_eq!(
@@ -276,12 +308,54 @@ mod tests {
                     players: Some(u32::MAX),
                 })
                 .collect(),
+            groups: None,
         };
         let bytes = huge.encode();
         assert!(bytes.len() <= MAX_DATAGRAM);
         let back = Announcement::decode(&bytes).unwrap();
         assert!(!back.servers.is_empty() && back.servers.len() <= MAX_SERVERS);
         assert!(back.servers.iter().all(|s| s.name.len() <= MAX_TEXT));
+    }
+
+    #[test]
+    fn multicast_groups_are_announced_bounded_and_forgotten_with_the_member() {
+        let minecraft = Ipv4Addr::new(224, 0, 2, 60);
+        let ssdp = Ipv4Addr::new(239, 255, 255, 250);
+        let a = Announcement {
+            servers: Vec::new(),
+            groups: Some(vec![minecraft, ssdp]),
+        };
+        assert_eq!(Announcement::decode(&a.encode()).unwrap(), a);
+        // Unicast "groups" are not groups; order and repeats do not matter.
+        let odd =
+            br#"{"servers":[],"groups":["239.255.255.250","10.0.0.1","224.0.2.60","224.0.2.60"]}"#;
+        assert_eq!(Announcement::decode(odd).unwrap(), a);
+        // Too many to name: the sender says nothing, and a receiver refuses the list.
+        let many: Vec<Ipv4Addr> = (0..=MAX_GROUPS as u8)
+            .map(|i| Ipv4Addr::new(239, 0, 0, i))
+            .collect();
+        let crowded = Announcement {
+            servers: Vec::new(),
+            groups: Some(many.clone()),
+        };
+        assert_eq!(
+            Announcement::decode(&crowded.encode()).unwrap().groups,
+            None
+        );
+        let json = serde_json::to_vec(&crowded).unwrap();
+        assert_eq!(
+            Announcement::decode(&json),
+            Err(AnnouncementError::TooManyGroups(MAX_GROUPS + 1))
+        );
+
+        let t0 = Instant::now();
+        let alice = Ipv4Addr::new(10, 66, 0, 2);
+        let mut list = ServerList::default();
+        assert_eq!(list.groups(alice), None);
+        list.heard(t0, alice, a);
+        assert_eq!(list.groups(alice), Some(&[minecraft, ssdp][..]));
+        list.expire(t0 + FORGET_AFTER);
+        assert_eq!(list.groups(alice), None);
     }
 
     #[test]
@@ -326,6 +400,7 @@ mod tests {
             alice,
             Announcement {
                 servers: vec![world.clone()],
+                groups: None,
             },
         );
         assert_eq!(list.discovered_servers().count(), 0);
@@ -345,6 +420,7 @@ mod tests {
             alice,
             Announcement {
                 servers: vec![server("warcraft3", 6112), server("terraria", 7777)],
+                groups: None,
             },
         );
         list.heard(
@@ -352,6 +428,7 @@ mod tests {
             bob,
             Announcement {
                 servers: vec![server("css", 27015)],
+                groups: None,
             },
         );
         assert_eq!(list.servers().count(), 3);
@@ -360,6 +437,7 @@ mod tests {
             alice,
             Announcement {
                 servers: vec![server("terraria", 7777)],
+                groups: None,
             },
         );
         let games: Vec<_> = list.servers().map(|(h, s)| (h, s.game.as_str())).collect();

@@ -2,7 +2,7 @@
 //! WireGuard's timers and starts the workers; the owner talks to it over crossbeam channels.
 
 use std::collections::{BTreeMap, HashSet};
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -19,7 +19,7 @@ use crate::dataplane::framed;
 use crate::io::cpu::{CpuLayout, Steering};
 use crate::io::tun::TunDevice;
 use crate::io::udp;
-use crate::lan::{Lan, LanScope};
+use crate::lan::{Groups, Lan, LanScope};
 use crate::peer::Peer;
 use crate::priority::PriorityPolicy;
 use crate::shared::Shared;
@@ -40,6 +40,7 @@ enum Command {
     SendDatagram(SocketAddr, Vec<u8>),
     SetPriority(PriorityPolicy),
     SetLan(Option<LanScope>),
+    SetGroups(Key, Option<Groups>),
     Shutdown,
 }
 
@@ -160,6 +161,18 @@ impl EngineHandle {
             .map_err(|_| UpdateError::Stopped)
     }
 
+    /// Sends `peer` only the LAN multicast to `groups` (IPv4; the groups its host listens to);
+    /// `None` (the default) sends it every group. Broadcasts go to every peer regardless.
+    pub fn set_multicast_groups(
+        &self,
+        peer: Key,
+        groups: Option<Vec<Ipv4Addr>>,
+    ) -> Result<(), UpdateError> {
+        self.commands
+            .send(Command::SetGroups(peer, groups.map(Groups::from)))
+            .map_err(|_| UpdateError::Stopped)
+    }
+
     /// Sends a non-WireGuard datagram (STUN, the project's frames) from the WireGuard port.
     pub fn send_datagram(&self, to: SocketAddr, data: Vec<u8>) -> Result<(), UpdateError> {
         self.commands
@@ -175,6 +188,8 @@ struct PeerEntry {
     persistent_keepalive: u16,
     /// When we last saw our traffic to the peer move (the persistent keepalive's clock).
     quiet: Quiet,
+    /// The LAN multicast groups it wants, when known.
+    groups: Option<Groups>,
     allowed_ips: Vec<Prefix>,
 }
 
@@ -255,6 +270,14 @@ impl Control {
                     Ok(Command::SetLan(scope)) => {
                         if self.lan.as_ref().map(|lan| lan.scope) != scope {
                             self.lan = scope.map(|scope| Arc::new(Lan::new(scope)));
+                            self.publish();
+                        }
+                    }
+                    Ok(Command::SetGroups(key, groups)) => {
+                        if let Some(entry) = self.peers.get_mut(&key)
+                            && entry.groups != groups
+                        {
+                            entry.groups = groups;
                             self.publish();
                         }
                     }
@@ -505,6 +528,7 @@ impl Control {
             let peer = Arc::new(Peer::new(key, index, tunn, change.endpoint));
             let entry = PeerEntry {
                 quiet: Quiet::new(&peer),
+                groups: None,
                 peer,
                 preshared_key: psk,
                 persistent_keepalive: keepalive,
@@ -607,8 +631,11 @@ impl Control {
     fn publish(&self) {
         let mut table = PeerTable::new(self.identity.clone());
         table.set_lan(self.lan.clone());
-        for entry in self.peers.values() {
+        for (key, entry) in &self.peers {
             table.insert(entry.peer.clone());
+            if let Some(groups) = &entry.groups {
+                table.set_groups(*key, groups.clone());
+            }
             for prefix in &entry.allowed_ips {
                 table.route(prefix.addr, prefix.cidr, entry.peer.clone());
             }

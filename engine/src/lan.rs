@@ -13,8 +13,13 @@
 //! copy costs every member: each member limits what it sends ([`Lan::admit_outbound`]) and
 //! what it accepts from each other member (a hostile member skips its own limit), so a flood
 //! cannot crowd out unicast. What is refused is counted (`broadcast_rate_limited`).
+//!
+//! Multicast goes only to the members that listen to its group, where the owner knows
+//! ([`Groups`], set per peer); a member whose groups are not known gets every group, so not
+//! knowing never loses a packet. Broadcasts and IPv6 multicast go to everyone.
 
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 use crate::rate_limit::{Gcra, now_ns};
 use crate::wire::IpHeader;
@@ -68,6 +73,18 @@ impl LanScope {
             }
             IpHeader::V6 { dst, .. } => dst[0] == 0xff,
         }
+    }
+}
+
+/// The IPv4 multicast groups a member's host listens to, as its owner last heard.
+pub type Groups = Arc<[Ipv4Addr]>;
+
+/// The IPv4 multicast group `packet` is addressed to; `None` for anything else (broadcasts
+/// and IPv6 multicast go to every member).
+pub fn ipv4_group(packet: &[u8]) -> Option<Ipv4Addr> {
+    match IpHeader::parse(packet)? {
+        IpHeader::V4 { dst, .. } => Some(Ipv4Addr::from(dst)).filter(Ipv4Addr::is_multicast),
+        IpHeader::V6 { .. } => None,
     }
 }
 

@@ -97,7 +97,7 @@ impl Loopback {
             Outbound::Queued => Vec::new(),
             Outbound::Fanout => from
                 .table
-                .peers()
+                .fanout(crate::lan::ipv4_group(packet))
                 .filter_map(|peer| match encapsulate_to(peer, packet, &mut buf) {
                     Outbound::Send { datagram, .. } => Some(datagram.to_vec()),
                     _ => None,

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use boringtun::noise::rate_limiter::RateLimiter;
@@ -14,7 +14,7 @@ use boringtun::x25519::{PublicKey, StaticSecret};
 
 use crate::allowed_ips::AllowedIps;
 use crate::config::Key;
-use crate::lan::Lan;
+use crate::lan::{Groups, Lan};
 use crate::peer::Peer;
 
 /// Handshakes per second accepted before cookies are demanded (each handshake is verified
@@ -49,6 +49,8 @@ pub struct PeerTable {
     routes: AllowedIps<Arc<Peer>>,
     /// The party's LAN scope: broadcasts and multicast go to every peer.
     lan: Option<Arc<Lan>>,
+    /// The multicast groups of the peers whose groups are known (see `lan`).
+    groups: HashMap<Key, Groups>,
 }
 
 impl PeerTable {
@@ -77,6 +79,23 @@ impl PeerTable {
 
     pub fn lan(&self) -> Option<&Lan> {
         self.lan.as_deref()
+    }
+
+    /// Limits `key`'s LAN multicast to `groups`.
+    pub fn set_groups(&mut self, key: Key, groups: Groups) {
+        self.groups.insert(key, groups);
+    }
+
+    /// The peers a LAN packet goes to: all of them, or for multicast to `group` those that
+    /// listen to it or whose groups are not known.
+    pub fn fanout(&self, group: Option<Ipv4Addr>) -> impl Iterator<Item = &Arc<Peer>> {
+        self.by_key.iter().filter_map(move |(key, peer)| {
+            let wanted = match (group, self.groups.get(key)) {
+                (Some(group), Some(groups)) => groups.contains(&group),
+                _ => true,
+            };
+            wanted.then_some(peer)
+        })
     }
 
     pub fn by_index(&self, index: u32) -> Option<&Arc<Peer>> {
@@ -123,5 +142,38 @@ impl Hasher for IndexHasher {
 
     fn write_u32(&mut self, n: u32) {
         self.0 = u64::from(n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table_of(keys: &[u8]) -> PeerTable {
+        let mut table = PeerTable::new(None);
+        for &k in keys {
+            table.insert(Arc::new(Peer::new([k; 32], u32::from(k), None, None)));
+        }
+        table
+    }
+
+    fn fanout(table: &PeerTable, group: Option<Ipv4Addr>) -> Vec<u8> {
+        let mut keys: Vec<u8> = table.fanout(group).map(|p| p.public_key[0]).collect();
+        keys.sort_unstable();
+        keys
+    }
+
+    #[test]
+    fn multicast_goes_to_listeners_and_to_members_not_known() {
+        let minecraft = Ipv4Addr::new(224, 0, 2, 60);
+        let ssdp = Ipv4Addr::new(239, 255, 255, 250);
+        let mut table = table_of(&[1, 2, 3]);
+        table.set_groups([1; 32], Groups::from(vec![minecraft]));
+        table.set_groups([2; 32], Groups::from(vec![]));
+        // 3's groups are not known: it gets every group.
+        assert_eq!(fanout(&table, Some(minecraft)), [1, 3]);
+        assert_eq!(fanout(&table, Some(ssdp)), [3]);
+        // Broadcasts (no group) go to everyone, whatever they listen to.
+        assert_eq!(fanout(&table, None), [1, 2, 3]);
     }
 }

@@ -368,7 +368,7 @@ impl Worker {
             let outbound = dataplane::encapsulate(&table, packet, out);
             if book(&mut self.pending, &mut at, outbound, priority, drops) {
                 // A LAN broadcast: one copy per member, each in its own session.
-                for peer in table.peers() {
+                for peer in table.fanout(crate::lan::ipv4_group(packet)) {
                     let Some(out) = self.send_buf.get_mut(at..at + room) else {
                         drops.record(DropReason::QueueFull);
                         break;

@@ -32,7 +32,7 @@ use lanrage_engine::{
 use super::broadcast_capture::{self, BroadcastCapture, CapturePlan};
 use super::games::{GameScan, RunningGame};
 use super::local_link::LocalLink;
-use super::multicast_groups::TunnelGroups;
+use super::multicast_groups::{self, TunnelGroups};
 use super::nat_check::NatCheck;
 use super::port_map::{Mapping, MappingView};
 use super::server_client::{CallError, ServerClient};
@@ -47,6 +47,10 @@ use lanrage_games::tuning::Tuning;
 /// keepalive keeps each session established, so a game's first packet after a quiet spell
 /// never waits for a handshake (WireGuard's sessions lapse after 3 idle minutes).
 const KEEPALIVE_SECS: u16 = 25;
+/// How often the multicast groups this host listens to are looked at: a game that joins one
+/// is announced to the party within this and a round trip (until then the others send it
+/// what they sent before).
+const GROUPS_CHECK: Duration = Duration::from_secs(1);
 /// How long the loop sleeps when nothing is scheduled.
 const IDLE_WAKE: Duration = Duration::from_secs(1);
 /// How often local addresses are looked at (a laptop moves between networks).
@@ -136,6 +140,14 @@ struct State {
     server_link: Option<Arc<ServerLink>>,
     servers_tx: Sender<(ServerDatagram, SocketAddr, Vec<u8>)>,
     next_announce: Instant,
+    /// The multicast groups this host listens to, as last announced (`None`: unknown), and
+    /// when to look again.
+    listened: Option<Vec<Ipv4Addr>>,
+    next_groups_check: Instant,
+    /// Whether the last look failed (said once, not every second).
+    groups_unreadable: bool,
+    /// Each member's multicast groups as last given to the engine.
+    groups_told: HashMap<PeerId, Option<Vec<Ipv4Addr>>>,
 }
 
 impl ControlThread {
@@ -173,6 +185,10 @@ impl ControlThread {
             server_link: None,
             servers_tx,
             next_announce: Instant::now(),
+            listened: None,
+            next_groups_check: Instant::now(),
+            groups_unreadable: false,
+            groups_told: HashMap::new(),
         };
         state.load_hosted();
         state.resume();
@@ -206,6 +222,7 @@ impl ControlThread {
                 state.relays.poll_timeout(),
                 state.next_grants,
                 state.server_link.as_ref().map(|_| state.next_announce),
+                state.server_link.as_ref().map(|_| state.next_groups_check),
             ]
             .into_iter()
             .flatten()
@@ -609,6 +626,7 @@ impl State {
                     self.engine_update(update);
                 }
                 Action::RemovePeer(peer) => {
+                    self.groups_told.remove(&peer);
                     self.paths.remove_peer(&peer);
                     self.relays.remove_peer(&peer);
                     self.candidates.remove(&peer);
@@ -857,6 +875,7 @@ impl State {
     fn save_hosted(&self) -> Result<(), (u16, String)> {
         let saved = Announcement {
             servers: self.hosted.clone(),
+            groups: None,
         };
         let json = serde_json::to_string_pretty(&saved).unwrap_or_default();
         write_private(&self.hosted_file(), &json)
@@ -903,19 +922,43 @@ impl State {
         self.save_hosted()
     }
 
-    /// Announces our servers to every member when due, and forgets silent members' servers.
+    /// Announces our servers and multicast groups to every member when due (the groups also
+    /// as soon as they change), and forgets silent members' announcements.
     fn server_timers(&mut self) {
         let now = Instant::now();
+        if self.server_link.is_some() && now >= self.next_groups_check {
+            self.next_groups_check = now + GROUPS_CHECK;
+            let own = self.cfg.tunnel_groups.held();
+            let listened = match multicast_groups::listened(&self.cfg.interface, own) {
+                Ok(groups) => {
+                    self.groups_unreadable = false;
+                    Some(groups)
+                }
+                Err(e) => {
+                    if !std::mem::replace(&mut self.groups_unreadable, true) {
+                        tracing::warn!(error = %e, "cannot list this host's multicast groups; the party sends it all of them");
+                    }
+                    None
+                }
+            };
+            if listened != self.listened {
+                tracing::debug!(groups = ?listened, "multicast groups listened to");
+                self.listened = listened;
+                self.next_announce = now;
+            }
+        }
         if now < self.next_announce {
             return;
         }
         self.next_announce = now + servers::ANNOUNCE_EVERY;
         self.servers.expire(now);
+        self.tell_engine_groups();
         let (Some(link), Some(party)) = (&self.server_link, self.membership.party()) else {
             return;
         };
         let datagram = Announcement {
             servers: self.own_servers(),
+            groups: self.listened.clone(),
         }
         .encode();
         for member in party.members.iter().filter(|m| m.peer != self.cfg.me) {
@@ -942,7 +985,10 @@ impl State {
         match kind {
             ServerDatagram::Announcement if Some(host) != self.virtual_ip => {
                 match Announcement::decode(datagram) {
-                    Ok(announcement) => self.servers.heard(now, host, announcement),
+                    Ok(announcement) => {
+                        self.servers.heard(now, host, announcement);
+                        self.tell_engine_groups();
+                    }
                     Err(e) => tracing::debug!(%from, error = %e, "server announcement refused"),
                 }
             }
@@ -957,6 +1003,29 @@ impl State {
                     };
                     self.servers.discovered(now, host, server);
                 }
+            }
+        }
+    }
+
+    /// Gives the engine each member's multicast groups where they changed: a member's engine
+    /// peer then gets only the multicast it listens to (all of it while unknown).
+    fn tell_engine_groups(&mut self) {
+        let Some(party) = self.membership.party() else {
+            return;
+        };
+        for member in party.members.iter().filter(|m| m.peer != self.cfg.me) {
+            let groups = self.servers.groups(member.virtual_ip).map(<[_]>::to_vec);
+            if self.groups_told.get(&member.peer) == Some(&groups) {
+                continue;
+            }
+            if self
+                .cfg
+                .engine
+                .set_multicast_groups(member.peer.0, groups.clone())
+                .is_ok()
+            {
+                tracing::debug!(peer = %member.peer, ?groups, "multicast to this member limited to its groups");
+                self.groups_told.insert(member.peer, groups);
             }
         }
     }
@@ -1185,6 +1254,7 @@ impl State {
                     .to_owned(),
                     path_losses: self.paths.losses(&m.peer),
                     keepalive_secs: live.map_or(0, |p| p.persistent_keepalive),
+                    multicast_groups: self.servers.groups(m.virtual_ip).map(<[_]>::to_vec),
                 }
             })
             .collect()
