@@ -133,10 +133,11 @@ pub fn servers(api: &ApiArgs, command: Option<&ServersCommand>) -> Result<()> {
             Some(ms) => format!("{ms:.1} ms"),
             None => "no path yet".to_owned(),
         };
-        let players = s
-            .players
-            .map(|p| format!(", {p} players"))
-            .unwrap_or_default();
+        let players = match (s.players, s.max_players) {
+            (Some(p), Some(max)) => format!(", {p}/{max} players"),
+            (Some(p), None) => format!(", {p} players"),
+            _ => String::new(),
+        };
         println!(
             "{:<32} {:>21}  {:<16} {}{}",
             s.name,

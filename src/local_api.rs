@@ -37,6 +37,9 @@ pub struct ServerInfo {
     pub name: String,
     #[serde(default)]
     pub players: Option<u32>,
+    /// Players the server takes, when it says.
+    #[serde(default)]
+    pub max_players: Option<u32>,
     /// Round trip to the host through the tunnel, in milliseconds (0 for our own; absent
     /// while no path to the host answers).
     #[serde(default)]

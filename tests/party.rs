@@ -1124,3 +1124,69 @@ fn multicast_reaches_only_the_members_that_listen_to_its_group() {
         let _ = listener.wait();
     }
 }
+
+/// Server status for the browser: B runs Team Fortress 2 (a stand-in process) and a stand-in
+/// Source server on 27015 that answers A2S_INFO the way current servers do, with a challenge
+/// first. A lists the server under its own name with its player count.
+#[test]
+fn a_source_servers_own_name_and_player_count_reach_the_browser() {
+    let mut lab = Lab::new(2);
+    lab.start_daemons(true);
+    let [a, b] = [0, 1].map(|i| lab.members[i].clone());
+    lab.form_party();
+    let ips = lab.all_ping_each_other();
+
+    let script = lab.dir.join("a2s-server.sh");
+    std::fs::write(
+        &script,
+        r"n=$(dd bs=2048 count=1 2>/dev/null | wc -c)
+if [ $n -lt 29 ]; then
+  printf '\377\377\377\377A\001\002\003\004'
+else
+  printf '\377\377\377\377I\021Party Server\000ctf_2fort\000tf\000Team Fortress\000\270\001\003\020\000dl\000\0001.0\000'
+fi
+",
+    )
+    .expect("write the stand-in server");
+    let mut server = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &b,
+            "socat",
+            "UDP4-RECVFROM:27015,reuseaddr,fork",
+        ])
+        .arg(format!("SYSTEM:sh {}", script.display()))
+        .stderr(log(&lab.dir, "a2s-server"))
+        .spawn()
+        .expect("cannot start socat (package socat)");
+    let mut game = lab.stand_in_game("tf_win64.exe");
+
+    let listed = || {
+        let servers = lab.cli(&a, &["servers", "--json"]);
+        servers.as_array().and_then(|s| {
+            s.iter()
+                .find(|s| s["game"] == "tf2" && s["address"] == ips[1].as_str())
+                .cloned()
+        })
+    };
+    wait_for(
+        "A to list B's server with its status",
+        Duration::from_secs(15),
+        || listed().is_some_and(|s| s["players"] == 3),
+    );
+    let entry = listed().unwrap();
+    assert_eq!(entry["name"], "Party Server", "{entry}");
+    assert_eq!(entry["max_players"], 16, "{entry}");
+    assert_eq!(entry["port"], 27015, "{entry}");
+    let text = lab.cli_text(&a, &["servers"]);
+    assert!(
+        text.contains("Party Server") && text.contains("3/16 players"),
+        "{text}"
+    );
+
+    for child in [&mut game, &mut server] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}

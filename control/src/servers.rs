@@ -54,6 +54,9 @@ pub struct HostedServer {
     /// Players in the game, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub players: Option<u32>,
+    /// Players the server takes, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_players: Option<u32>,
 }
 
 /// What one member announces: every server it hosts now, and the multicast groups it listens
@@ -254,6 +257,7 @@ mod tests {
             name: format!("alice's {game}"),
             port,
             players: Some(3),
+            max_players: None,
         }
     }
 
@@ -306,6 +310,7 @@ mod tests {
                     name: format!("{i}{}", "ü".repeat(60)),
                     port: i,
                     players: Some(u32::MAX),
+                    max_players: None,
                 })
                 .collect(),
             groups: None,
@@ -391,6 +396,7 @@ mod tests {
             name: "Alice - Survival".into(),
             port: 41233,
             players: None,
+            max_players: None,
         };
         list.discovered(t0, alice, world.clone());
         list.discovered(t0 + Duration::from_secs(1), alice, world.clone());

@@ -44,6 +44,14 @@ pub enum Priority {
     High,
 }
 
+/// How a game's servers answer a status query (for the server browser's player count).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServerQuery {
+    /// Valve's A2S_INFO on the server's port (see `a2s`).
+    A2s,
+}
+
 /// A destination the game sends LAN discovery packets to; the mesh has to forward these to
 /// peers because broadcast and multicast do not cross a routed tunnel on their own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -68,6 +76,9 @@ pub struct GameProfile {
     /// Empty when the game's discovery destinations are not known.
     #[serde(default)]
     pub discovery: Vec<Discovery>,
+    /// How its servers answer a status query, where they do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<ServerQuery>,
     /// Suggested WireGuard persistent keepalive, in seconds.
     pub keepalive: u16,
     /// Suggested tunnel MTU.
@@ -348,6 +359,7 @@ fn locate_serde_error(
         .or_else(|| check::<bool>(obj, "broadcast"))
         .or_else(|| check::<bool>(obj, "multicast"))
         .or_else(|| check::<Vec<Discovery>>(obj, "discovery"))
+        .or_else(|| check::<ServerQuery>(obj, "query"))
         .or_else(|| check::<u16>(obj, "keepalive"))
         .or_else(|| check::<u16>(obj, "mtu"))
         .or_else(|| check::<String>(obj, "description"))
@@ -615,6 +627,7 @@ mod tests {
                 "big_mtu": {big_mtu},
                 "unicast": {unicast},
                 "port_zero": {port_zero},
+                "bad_query": {bad_query},
                 "Bad-Id": {good},
                 "not_object": 5
             }}"#,
@@ -624,12 +637,16 @@ mod tests {
                 r#""broadcast": true, "discovery": [{"address": "192.168.1.10", "port": 6112}]"#
             ),
             port_zero = entry_json("Z", "z.exe", 0),
+            bad_query = entry_json("Q", "q.exe", 1).replace(
+                "\"broadcast\": false",
+                r#""broadcast": false, "query": "gamespy""#
+            ),
         );
         let path = dir.write("custom.json", &json);
         let (set, errors) = ProfileSet::load(&dir.0);
         let source = path.display().to_string();
 
-        assert_eq!(errors.len(), 7, "{errors:#?}");
+        assert_eq!(errors.len(), 8, "{errors:#?}");
         assert!(errors.iter().all(|e| e.source == source), "{errors:#?}");
 
         let e = error_for(&errors, "bad_ports");
@@ -647,6 +664,8 @@ mod tests {
         assert!(e.message.contains("192.168.1.10"));
         let e = error_for(&errors, "port_zero");
         assert_eq!(e.field.as_deref(), Some("ports"));
+        let e = error_for(&errors, "bad_query");
+        assert_eq!(e.field.as_deref(), Some("query"));
         assert_eq!(error_for(&errors, "Bad-Id").field, None);
         assert_eq!(error_for(&errors, "not_object").field, None);
 
@@ -658,6 +677,7 @@ mod tests {
             "big_mtu",
             "unicast",
             "port_zero",
+            "bad_query",
             "Bad-Id",
         ] {
             assert!(set.get(bad).is_none(), "{bad} should not load");

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -40,6 +40,8 @@ use super::server_link::{ServerDatagram, ServerLink};
 use crate::local_api::{
     GameSummary, HostRequest, NatSummary, PartySummary, PeerInfo, RelaySummary, ServerInfo, Status,
 };
+use lanrage_games::a2s;
+use lanrage_games::profile::ServerQuery;
 use lanrage_games::tuning::Tuning;
 
 /// WireGuard persistent keepalive toward party members, unless a running game asks for less.
@@ -140,6 +142,8 @@ struct State {
     server_link: Option<Arc<ServerLink>>,
     servers_tx: Sender<(ServerDatagram, SocketAddr, Vec<u8>)>,
     next_announce: Instant,
+    /// What our servers said when last asked (`a2s`), by port.
+    server_status: HashMap<u16, (Instant, a2s::ServerInfo)>,
     /// The multicast groups this host listens to, as last announced (`None`: unknown), and
     /// when to look again.
     listened: Option<Vec<Ipv4Addr>>,
@@ -185,6 +189,7 @@ impl ControlThread {
             server_link: None,
             servers_tx,
             next_announce: Instant::now(),
+            server_status: HashMap::new(),
             listened: None,
             next_groups_check: Instant::now(),
             groups_unreadable: false,
@@ -834,11 +839,16 @@ impl State {
     fn own_servers(&self) -> Vec<HostedServer> {
         let detected = self.games.iter().filter_map(|g| {
             let port = *g.detected.ports.first()?;
+            let status = self.server_status.get(&port).map(|(_, info)| info);
             Some(HostedServer {
                 game: g.detected.id.clone(),
-                name: format!("{}'s {}", self.cfg.member_name, g.detected.name),
+                name: status
+                    .map(|info| info.name.trim().to_owned())
+                    .filter(|name| !name.is_empty())
+                    .unwrap_or_else(|| format!("{}'s {}", self.cfg.member_name, g.detected.name)),
                 port,
-                players: None,
+                players: status.map(|info| info.players.into()),
+                max_players: status.map(|info| info.max_players.into()),
             })
         });
         let mut all = self.hosted.clone();
@@ -917,6 +927,7 @@ impl State {
             name,
             port: request.port,
             players: request.players,
+            max_players: None,
         });
         self.next_announce = Instant::now();
         self.save_hosted()
@@ -952,10 +963,23 @@ impl State {
         }
         self.next_announce = now + servers::ANNOUNCE_EVERY;
         self.servers.expire(now);
+        self.server_status
+            .retain(|_, (heard, _)| now.saturating_duration_since(*heard) < servers::FORGET_AFTER);
         self.tell_engine_groups();
         let (Some(link), Some(party)) = (&self.server_link, self.membership.party()) else {
             return;
         };
+        // Our servers that answer a status query are asked for it now, for the next
+        // announcement (or this one's repeat, at once, when the answer changes anything).
+        if let Some(address) = self.virtual_ip {
+            for g in &self.games {
+                if let (Some(ServerQuery::A2s), Some(&port)) =
+                    (g.profile.query, g.detected.ports.first())
+                {
+                    link.query(SocketAddrV4::new(address, port), &a2s::info_request(None));
+                }
+            }
+        }
         let datagram = Announcement {
             servers: self.own_servers(),
             groups: self.listened.clone(),
@@ -993,6 +1017,7 @@ impl State {
                 }
             }
             ServerDatagram::Announcement => {}
+            ServerDatagram::QueryReply => self.query_reply(from, datagram),
             ServerDatagram::MinecraftLan => {
                 if let Some((name, port)) = servers::minecraft_lan_world(datagram) {
                     let server = HostedServer {
@@ -1000,10 +1025,45 @@ impl State {
                         name,
                         port,
                         players: None,
+                        max_players: None,
                     };
                     self.servers.discovered(now, host, server);
                 }
             }
+        }
+    }
+
+    /// A server on this host answered its status query: kept for our announcements, or asked
+    /// again with the challenge it wants.
+    fn query_reply(&mut self, from: SocketAddr, datagram: &[u8]) {
+        let (SocketAddr::V4(from), Some(address)) = (from, self.virtual_ip) else {
+            return;
+        };
+        let asked = *from.ip() == address
+            && self.games.iter().any(|g| {
+                g.profile.query == Some(ServerQuery::A2s)
+                    && g.detected.ports.first() == Some(&from.port())
+            });
+        if !asked {
+            tracing::debug!(%from, "status reply from no server we asked; dropped");
+            return;
+        }
+        match a2s::parse_reply(datagram) {
+            Ok(a2s::Reply::Challenge(challenge)) => {
+                if let Some(link) = &self.server_link {
+                    link.query(from, &a2s::info_request(Some(challenge)));
+                }
+            }
+            Ok(a2s::Reply::Info(info)) => {
+                let before = self
+                    .server_status
+                    .insert(from.port(), (Instant::now(), info.clone()));
+                if before.is_none_or(|(_, old)| old != info) {
+                    tracing::debug!(server = %from, name = %info.name, players = info.players, "server status");
+                    self.next_announce = Instant::now();
+                }
+            }
+            Err(e) => tracing::debug!(%from, error = %e, "server status reply refused"),
         }
     }
 
@@ -1069,6 +1129,7 @@ impl State {
                     game: server.game,
                     name: server.name,
                     players: server.players,
+                    max_players: server.max_players,
                     latency_ms,
                     own,
                 })

@@ -2,6 +2,7 @@
 //! only, so that everything they read came through WireGuard from a member, whose virtual IP is
 //! then its identity: one on the announcement port, one on Minecraft's LAN-world port (joined
 //! to its group on the tunnel; games on this host bound to the port still get every packet).
+//! A third socket asks the servers this host runs for their status (`lanrage_games::a2s`).
 //! What arrives goes to the control thread.
 
 use std::io;
@@ -11,6 +12,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{Sender, TrySendError};
 use lanrage_control::servers::{MAX_DATAGRAM, MINECRAFT_GROUP, MINECRAFT_PORT, PORT};
+use lanrage_games::a2s;
 use socket2::{Domain, InterfaceIndexOrAddress, Protocol, Socket, Type};
 
 /// Which socket a datagram came in on.
@@ -20,11 +22,15 @@ pub enum ServerDatagram {
     Announcement,
     /// A Minecraft LAN world announcement.
     MinecraftLan,
+    /// A server on this host answering a status query.
+    QueryReply,
 }
 
 pub struct ServerLink {
     announcements: UdpSocket,
     minecraft: UdpSocket,
+    /// Any address, any interface: the servers queried are this host's own.
+    queries: UdpSocket,
 }
 
 fn tunnel_socket(interface: &str, port: u16) -> io::Result<Socket> {
@@ -46,10 +52,20 @@ impl ServerLink {
         let announcements = tunnel_socket(interface, PORT)?;
         let minecraft = tunnel_socket(interface, MINECRAFT_PORT)?;
         minecraft.join_multicast_v4_n(&MINECRAFT_GROUP, &InterfaceIndexOrAddress::Index(index))?;
+        let queries = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+        queries.set_read_timeout(Some(Duration::from_secs(1)))?;
         Ok(Arc::new(ServerLink {
             announcements: announcements.into(),
             minecraft: minecraft.into(),
+            queries,
         }))
+    }
+
+    /// Sends a status query to a server on this host.
+    pub fn query(&self, server: SocketAddrV4, request: &[u8]) {
+        if let Err(e) = self.queries.send_to(request, server) {
+            tracing::debug!(%server, error = %e, "server query not sent");
+        }
     }
 
     /// Sends `datagram` to a member's announcement port.
@@ -64,16 +80,25 @@ impl ServerLink {
         self: &Arc<Self>,
         tx: Sender<(ServerDatagram, SocketAddr, Vec<u8>)>,
     ) -> io::Result<()> {
-        for kind in [ServerDatagram::Announcement, ServerDatagram::MinecraftLan] {
+        for kind in [
+            ServerDatagram::Announcement,
+            ServerDatagram::MinecraftLan,
+            ServerDatagram::QueryReply,
+        ] {
             let tx = tx.clone();
+            let max_len = match kind {
+                ServerDatagram::QueryReply => a2s::MAX_REPLY,
+                _ => MAX_DATAGRAM + 1,
+            };
             super::link_reader::spawn(
                 "lanrage-servers",
                 self.clone(),
                 move |link: &ServerLink| match kind {
                     ServerDatagram::Announcement => &link.announcements,
                     ServerDatagram::MinecraftLan => &link.minecraft,
+                    ServerDatagram::QueryReply => &link.queries,
                 },
-                MAX_DATAGRAM + 1,
+                max_len,
                 // A full channel: the control thread is behind; drop, the senders repeat
                 // themselves every few seconds.
                 move |from, datagram| {
