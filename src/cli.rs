@@ -260,7 +260,7 @@ pub fn party(api: &ApiArgs, command: &PartyCommand) -> Result<()> {
     Ok(())
 }
 
-fn print_json<T: Serialize>(value: &T) -> Result<()> {
+pub fn print_json<T: Serialize>(value: &T) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }

@@ -9,6 +9,11 @@
 //! - `POST /party/create` [`CreateRequest`] → the party (control server's `PartyJson`)
 //! - `POST /party/join` [`JoinRequest`] → the party
 //! - `POST /party/leave` → 204
+//! - `GET /api/settings` → [`SettingsReport`]: every setting, its value and where it comes from
+//! - `PUT /api/settings/KEY` [`SettingChange`] → [`SettingInfo`]; `DELETE` resets it
+//! - `GET /api/configurations` → the saved configurations
+//! - `POST /api/configurations` [`ConfigurationRequest`] → 204: save the settings as NAME
+//! - `POST /api/configurations/NAME/activate` → [`SettingsReport`]; `DELETE …/NAME` → 204
 //!
 //! Errors are `{"error": "..."}` with a 4xx/5xx status.
 
@@ -17,6 +22,8 @@ use std::time::Duration;
 
 use anyhow::{Result, anyhow};
 use lanrage_control::server_api::PartyJson;
+use lanrage_control::settings::Applies;
+use lanrage_control::settings::store::ConfigurationSummary;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -188,6 +195,63 @@ pub struct JoinRequest {
     pub code: String,
 }
 
+/// One setting as `lanrage config` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SettingInfo {
+    pub key: String,
+    /// In force (or, for one that applies at restart, in force from the next start).
+    pub value: serde_json::Value,
+    pub default: serde_json::Value,
+    /// Whether the active configuration sets it (else the default applies).
+    pub set: bool,
+    pub applies: Applies,
+    pub help: String,
+    /// Changed since the daemon started, and applied only when it starts again.
+    #[serde(default)]
+    pub restart_pending: bool,
+    /// A command-line flag of this run sets it, over the database.
+    #[serde(default)]
+    pub from_flag: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SettingsReport {
+    /// The active configuration's name; absent when the database is unavailable.
+    pub configuration: Option<String>,
+    /// The database's path, or why it cannot be used.
+    pub database: String,
+    pub settings: Vec<SettingInfo>,
+    /// Stored values refused (their defaults apply), a database set aside, and the like.
+    pub problems: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SettingChange {
+    pub value: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConfigurationRequest {
+    pub name: String,
+}
+
+/// The daemon does not answer at all (not an error it gave): the CLI may then work on the
+/// data directory itself.
+#[derive(Debug)]
+pub struct NotRunning(pub String);
+
+impl std::fmt::Display for NotRunning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "no LANrage daemon is running at {} (start one with `lanrage up`)",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for NotRunning {}
+
 /// The CLI's side.
 pub struct Client {
     base: String,
@@ -252,6 +316,50 @@ impl Client {
             .map(drop)
     }
 
+    pub fn settings(&self) -> Result<SettingsReport> {
+        self.get("/api/settings")
+    }
+
+    pub fn set_setting(&self, key: &str, value: serde_json::Value) -> Result<SettingInfo> {
+        let response = self
+            .agent
+            .put(format!("{}/api/settings/{key}", self.base))
+            .send_json(&SettingChange { value });
+        self.decode(response)
+    }
+
+    pub fn reset_setting(&self, key: &str) -> Result<SettingInfo> {
+        let response = self
+            .agent
+            .delete(format!("{}/api/settings/{key}", self.base))
+            .call();
+        self.decode(response)
+    }
+
+    pub fn configurations(&self) -> Result<Vec<ConfigurationSummary>> {
+        self.get("/api/configurations")
+    }
+
+    pub fn save_configuration(&self, name: &str) -> Result<()> {
+        let request = ConfigurationRequest {
+            name: name.to_owned(),
+        };
+        self.post::<_, serde_json::Value>("/api/configurations", Some(&request))
+            .map(drop)
+    }
+
+    pub fn activate_configuration(&self, name: &str) -> Result<SettingsReport> {
+        self.post::<(), _>(&format!("/api/configurations/{name}/activate"), None)
+    }
+
+    pub fn delete_configuration(&self, name: &str) -> Result<()> {
+        let response = self
+            .agent
+            .delete(format!("{}/api/configurations/{name}", self.base))
+            .call();
+        self.decode::<serde_json::Value>(response).map(drop)
+    }
+
     fn get<R: DeserializeOwned>(&self, path: &str) -> Result<R> {
         let response = self.agent.get(format!("{}{path}", self.base)).call();
         self.decode(response)
@@ -272,10 +380,7 @@ impl Client {
     ) -> Result<R> {
         let mut response = response.map_err(|e| match e {
             ureq::Error::Io(ref io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
-                anyhow!(
-                    "no LANrage daemon is running at {} (start one with `lanrage up`)",
-                    self.base
-                )
+                anyhow::Error::new(NotRunning(self.base.clone()))
             }
             other => anyhow!("cannot reach the LANrage daemon at {}: {other}", self.base),
         })?;

@@ -1,6 +1,7 @@
 //! `lanrage`: the LANrage command line.
 
 mod cli;
+mod config;
 mod control_server;
 mod daemon;
 mod demo;
@@ -47,6 +48,8 @@ enum Command {
         #[command(flatten)]
         api: cli::ApiArgs,
     },
+    /// Settings: list, get, set and reset them; save, use and delete named configurations.
+    Config(config::ConfigArgs),
     /// The games running here (detected by the daemon), or every known game profile.
     Games(cli::GamesArgs),
     /// What this host's NAT does to UDP: NAT type, reflexive address, filtering (STUN).
@@ -68,6 +71,7 @@ fn main() -> ExitCode {
         Command::Party { command, api } => cli::party(&api, &command),
         Command::Peers(api) => cli::peers(&api),
         Command::Games(args) => cli::games(&args),
+        Command::Config(args) => config::run(&args),
         Command::Servers { command, api } => cli::servers(&api, command.as_ref()),
         Command::Netcheck(args) => netcheck::run(args),
         Command::Wg(args) => wg::run(args),

@@ -13,11 +13,7 @@ use lanrage_control::nat::{Filtering, NatType};
 /// Public STUN servers asked when none is given. None of them supports RFC 5780, so without
 /// `--stun` naming one that does, filtering is not measured and a stable mapping is reported
 /// as port-restricted (the strictest cone, which hole punching still handles).
-pub const DEFAULT_STUN_SERVERS: [&str; 3] = [
-    "stun.l.google.com:19302",
-    "stun1.l.google.com:19302",
-    "stun.cloudflare.com:3478",
-];
+pub use lanrage_control::settings::DEFAULT_STUN_SERVERS;
 
 #[derive(Args, Debug, Clone)]
 pub struct NetcheckArgs {

@@ -1190,3 +1190,89 @@ fi
         let _ = child.wait();
     }
 }
+
+/// Settings, database first: `lanrage config` changes keepalive and MTU in the running daemon
+/// at once, says a port change needs a restart (and the restart applies it), saves and
+/// switches named configurations; a damaged database is set aside, not lost, and a bad
+/// value is refused with the reason.
+#[test]
+fn settings_change_live_or_at_restart_and_survive_a_damaged_database() {
+    let mut lab = Lab::new(2);
+    // A damaged settings database: the daemon must start anyway, and keep the file.
+    let data1 = lab.dir.join("data1");
+    std::fs::create_dir_all(&data1).expect("create the data directory");
+    std::fs::write(data1.join("settings.db"), b"not a database").expect("write garbage");
+    lab.start_daemons(true);
+    let [a, _b] = [0, 1].map(|i| lab.members[i].clone());
+    lab.form_party();
+    lab.wait_for_peers(&a, 1, PING_TIMEOUT);
+
+    let report = lab.cli(&a, &["config", "list", "--json"]);
+    assert!(
+        report["problems"][0]
+            .as_str()
+            .is_some_and(|p| p.contains("damaged") && p.contains("settings.db.damaged-")),
+        "{report}"
+    );
+    let aside = std::fs::read_dir(&data1)
+        .expect("list the data directory")
+        .filter_map(Result::ok)
+        .find(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("settings.db.damaged-")
+        })
+        .expect("the damaged database kept aside");
+    assert_eq!(std::fs::read(aside.path()).unwrap(), b"not a database");
+
+    // Live: keepalive and MTU reach the engine and the interface at once.
+    let text = lab.cli_text(&a, &["config", "set", "keepalive", "12"]);
+    assert!(text.contains("keepalive = 12 (applied now)"), "{text}");
+    lab.cli(&a, &["config", "set", "mtu", "1400", "--json"]);
+    let status = lab.cli(&a, &["status", "--json"]);
+    assert_eq!(status["keepalive_secs"], 12, "{status}");
+    assert_eq!(status["peers"][0]["keepalive_secs"], 12, "{status}");
+    assert_eq!(status["mtu"], 1400, "{status}");
+    let link = run(&["ip", "netns", "exec", &a, "ip", "-o", "link", "show", "lr0"]);
+    assert!(String::from_utf8_lossy(&link.stdout).contains(" mtu 1400 "));
+
+    // Refused, with the reason, and nothing changes.
+    let (ok, _, err) = lab.cli_status(&a, &["config", "set", "mtu", "9000"]);
+    assert!(!ok && err.contains("9000 is outside 1280..=1500"), "{err}");
+
+    // At restart: said so, pending until the daemon starts again.
+    let text = lab.cli_text(&a, &["config", "set", "listen_port", "51999"]);
+    assert!(
+        text.contains("listen_port = 51999 (takes effect when the daemon restarts)"),
+        "{text}"
+    );
+    let report = lab.cli(&a, &["config", "list", "--json"]);
+    let pending = |report: &Value, key: &str| {
+        report["settings"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["key"] == key))
+            .map(|s| s["restart_pending"].clone())
+    };
+    assert_eq!(pending(&report, "listen_port"), Some(Value::Bool(true)));
+    assert_eq!(pending(&report, "mtu"), Some(Value::Bool(false)));
+
+    // Named configurations: save this one, change, switch back.
+    lab.cli(&a, &["config", "save", "tournament", "--json"]);
+    lab.cli(&a, &["config", "reset", "keepalive", "--json"]);
+    assert_eq!(lab.cli(&a, &["status", "--json"])["keepalive_secs"], 25);
+    let report = lab.cli(&a, &["config", "use", "tournament", "--json"]);
+    assert_eq!(report["configuration"], "tournament", "{report}");
+    assert_eq!(lab.cli(&a, &["status", "--json"])["keepalive_secs"], 12);
+    let (ok, _, err) = lab.cli_status(&a, &["config", "delete", "tournament"]);
+    assert!(!ok && err.contains("active configuration"), "{err}");
+
+    // A crash and a start: the database is intact and the port change applies.
+    lab.crash_and_restart(0, true);
+    let status = lab.cli(&a, &["status", "--json"]);
+    assert_eq!(status["listen_port"], 51999, "{status}");
+    assert_eq!(status["keepalive_secs"], 12, "{status}");
+    let report = lab.cli(&a, &["config", "list", "--json"]);
+    assert_eq!(report["configuration"], "tournament", "{report}");
+    assert_eq!(pending(&report, "listen_port"), Some(Value::Bool(false)));
+    assert_eq!(report["problems"], serde_json::json!([]), "{report}");
+}

@@ -12,4 +12,5 @@ pub mod peer_id;
 pub mod relay;
 pub mod server_api;
 pub mod servers;
+pub mod settings;
 pub mod uapi;

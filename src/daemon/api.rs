@@ -4,18 +4,20 @@
 use std::net::SocketAddr;
 
 use anyhow::{Context, Result};
-use axum::extract::{Request, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use crossbeam_channel::Sender;
 use serde::Serialize;
 
 use super::control::{Reply, Request as ControlRequest};
 use crate::json_api::{Body, error_response};
-use crate::local_api::{CreateRequest, HostRequest, JoinRequest, UnhostRequest};
+use crate::local_api::{
+    ConfigurationRequest, CreateRequest, HostRequest, JoinRequest, SettingChange, UnhostRequest,
+};
 
 type Requests = Sender<ControlRequest>;
 
@@ -54,6 +56,20 @@ pub fn spawn(addr: SocketAddr, requests: Requests) -> Result<std::thread::JoinHa
                     .route("/party/create", post(create))
                     .route("/party/join", post(join))
                     .route("/party/leave", post(leave))
+                    .route("/api/settings", get(settings))
+                    .route(
+                        "/api/settings/{key}",
+                        axum::routing::put(set_setting).delete(reset_setting),
+                    )
+                    .route(
+                        "/api/configurations",
+                        get(configurations).post(save_configuration),
+                    )
+                    .route("/api/configurations/{name}", delete(delete_configuration))
+                    .route(
+                        "/api/configurations/{name}/activate",
+                        post(activate_configuration),
+                    )
                     .fallback(|| async {
                         error_response(StatusCode::NOT_FOUND, "no such endpoint")
                     })
@@ -172,4 +188,70 @@ async fn join(State(requests): State<Requests>, Body(body): Body<JoinRequest>) -
 
 async fn leave(State(requests): State<Requests>) -> Response {
     ask(&requests, ControlRequest::Leave, StatusCode::NO_CONTENT).await
+}
+
+async fn settings(State(requests): State<Requests>) -> Response {
+    ask(&requests, ControlRequest::Settings, StatusCode::OK).await
+}
+
+async fn set_setting(
+    State(requests): State<Requests>,
+    Path(key): Path<String>,
+    Body(body): Body<SettingChange>,
+) -> Response {
+    ask(
+        &requests,
+        |r| ControlRequest::SetSetting(key, body.value, r),
+        StatusCode::OK,
+    )
+    .await
+}
+
+async fn reset_setting(State(requests): State<Requests>, Path(key): Path<String>) -> Response {
+    ask(
+        &requests,
+        |r| ControlRequest::ResetSetting(key, r),
+        StatusCode::OK,
+    )
+    .await
+}
+
+async fn configurations(State(requests): State<Requests>) -> Response {
+    ask(&requests, ControlRequest::Configurations, StatusCode::OK).await
+}
+
+async fn save_configuration(
+    State(requests): State<Requests>,
+    Body(body): Body<ConfigurationRequest>,
+) -> Response {
+    ask(
+        &requests,
+        |r| ControlRequest::SaveConfiguration(body.name, r),
+        StatusCode::NO_CONTENT,
+    )
+    .await
+}
+
+async fn activate_configuration(
+    State(requests): State<Requests>,
+    Path(name): Path<String>,
+) -> Response {
+    ask(
+        &requests,
+        |r| ControlRequest::ActivateConfiguration(name, r),
+        StatusCode::OK,
+    )
+    .await
+}
+
+async fn delete_configuration(
+    State(requests): State<Requests>,
+    Path(name): Path<String>,
+) -> Response {
+    ask(
+        &requests,
+        |r| ControlRequest::DeleteConfiguration(name, r),
+        StatusCode::NO_CONTENT,
+    )
+    .await
 }

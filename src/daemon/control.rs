@@ -22,7 +22,7 @@ use lanrage_control::relay::RelayClient;
 use lanrage_control::relay::frame::is_relay_control;
 use lanrage_control::server_api::{EventJson, PartyJson};
 use lanrage_control::servers::{self, Announcement, HostedServer, ServerList};
-use lanrage_engine::io::tun::{DEFAULT_MTU, TunAddresses};
+use lanrage_engine::io::tun::TunAddresses;
 use lanrage_engine::lan::LanScope;
 use lanrage_engine::wire::{RELAY_HEADER_LEN, write_relay_header};
 use lanrage_engine::{
@@ -37,18 +37,17 @@ use super::nat_check::NatCheck;
 use super::port_map::{Mapping, MappingView};
 use super::server_client::{CallError, ServerClient};
 use super::server_link::{ServerDatagram, ServerLink};
+use super::settings::SettingsBook;
 use crate::local_api::{
-    GameSummary, HostRequest, NatSummary, PartySummary, PeerInfo, RelaySummary, ServerInfo, Status,
+    GameSummary, HostRequest, NatSummary, PartySummary, PeerInfo, RelaySummary, ServerInfo,
+    SettingInfo, SettingsReport, Status,
 };
+use lanrage_control::settings::Settings;
+use lanrage_control::settings::store::ConfigurationSummary;
 use lanrage_games::a2s;
 use lanrage_games::profile::ServerQuery;
 use lanrage_games::tuning::Tuning;
 
-/// WireGuard persistent keepalive toward party members, unless a running game asks for less.
-/// Path probing (every second, see `PathSelector`) is what holds NAT mappings open; the
-/// keepalive keeps each session established, so a game's first packet after a quiet spell
-/// never waits for a handshake (WireGuard's sessions lapse after 3 idle minutes).
-const KEEPALIVE_SECS: u16 = 25;
 /// How often the multicast groups this host listens to are looked at: a game that joins one
 /// is announced to the party within this and a round trip (until then the others send it
 /// what they sent before).
@@ -75,6 +74,13 @@ pub enum Request {
     Create(String, Reply<PartyJson>),
     Join(String, Reply<PartyJson>),
     Leave(Reply<()>),
+    Settings(Reply<SettingsReport>),
+    SetSetting(String, serde_json::Value, Reply<SettingInfo>),
+    ResetSetting(String, Reply<SettingInfo>),
+    Configurations(Reply<Vec<ConfigurationSummary>>),
+    SaveConfiguration(String, Reply<()>),
+    ActivateConfiguration(String, Reply<SettingsReport>),
+    DeleteConfiguration(String, Reply<()>),
 }
 
 pub struct ControlThread {
@@ -107,6 +113,10 @@ pub struct ControlThread {
     pub capture: Option<BroadcastCapture>,
     /// Discovery groups joined on the tunnel while in a party.
     pub tunnel_groups: TunnelGroups,
+    /// The settings database, and what this run started with.
+    pub settings: SettingsBook,
+    /// Whether relays may carry traffic to peers no direct path reaches.
+    pub relays: bool,
 }
 
 struct State {
@@ -163,7 +173,7 @@ impl ControlThread {
         let me = self.me;
         let engine_events = self.engine_events.clone();
         let game_scans = self.games.clone().unwrap_or_else(crossbeam_channel::never);
-        let tuning = base_tuning(&self.priority);
+        let tuning = base_tuning(&self.priority, &self.settings.effective());
         let nat = NatCheck::new(self.stun_servers.clone());
         let paths = PathSelector::new(self.secret.into(), super::random_id);
         let mut state = State {
@@ -525,7 +535,7 @@ impl State {
     }
 
     fn fetch_grants(&mut self, now: Instant) {
-        let Some(client) = &mut self.cfg.client else {
+        let Some(client) = self.cfg.client.as_mut().filter(|_| self.cfg.relays) else {
             self.next_grants = None;
             return;
         };
@@ -753,6 +763,39 @@ impl State {
                     self.feed(Input::Left);
                 }
                 let _ = reply.send(result);
+            }
+            Request::Settings(reply) => {
+                let _ = reply.send(Ok(self.cfg.settings.report()));
+            }
+            Request::SetSetting(key, value, reply) => {
+                let result = self.cfg.settings.set(&key, &value);
+                if let Ok(info) = &result {
+                    tracing::info!(setting = %key, value = %info.value, applies = ?info.applies, "setting changed");
+                }
+                self.retune();
+                let _ = reply.send(result);
+            }
+            Request::ResetSetting(key, reply) => {
+                let result = self.cfg.settings.reset(&key);
+                self.retune();
+                let _ = reply.send(result);
+            }
+            Request::Configurations(reply) => {
+                let _ = reply.send(self.cfg.settings.configurations());
+            }
+            Request::SaveConfiguration(name, reply) => {
+                let _ = reply.send(self.cfg.settings.save_as(&name));
+            }
+            Request::ActivateConfiguration(name, reply) => {
+                let result = self.cfg.settings.activate(&name);
+                if result.is_ok() {
+                    tracing::info!(configuration = %name, "configuration activated");
+                }
+                self.retune();
+                let _ = reply.send(result);
+            }
+            Request::DeleteConfiguration(name, reply) => {
+                let _ = reply.send(self.cfg.settings.delete(&name));
             }
         }
     }
@@ -1149,14 +1192,18 @@ impl State {
         }
     }
 
-    /// While a game runs, the tunnel is tuned for it (see `Tuning`): its traffic takes the
-    /// latency lane, and its keepalive and MTU apply if stricter. When it stops, all of it is
-    /// as configured again.
     fn games_scanned(&mut self, scan: GameScan) {
         self.game_scan = Some(scan.took);
         self.games = scan.running;
         self.update_capture();
-        let base = base_tuning(&self.cfg.priority);
+        self.retune();
+    }
+
+    /// Tunes the tunnel for the settings and the running games (see `Tuning`): a game's
+    /// traffic takes the latency lane, and its keepalive and MTU apply if stricter. When it
+    /// stops, all of it is as configured again.
+    fn retune(&mut self) {
+        let base = base_tuning(&self.cfg.priority, &self.cfg.settings.effective());
         let tuning = Tuning::for_games(&base, self.games.iter().map(|g| &g.profile));
         if tuning.lane_ports != self.tuning.lane_ports {
             let policy = PriorityPolicy {
@@ -1340,11 +1387,14 @@ fn engine_endpoint(path: PathAddr) -> Endpoint {
 }
 
 /// The wall clock in microseconds: relay bind counters start above any used before.
-/// The tunnel's settings while no game runs.
-fn base_tuning(priority: &PriorityPolicy) -> Tuning {
+/// The tunnel's settings while no game runs. Path probing (every second, see
+/// `PathSelector`) is what holds NAT mappings open; the keepalive keeps each session
+/// established, so a game's first packet after a quiet spell never waits for a handshake
+/// (WireGuard's sessions lapse after 3 idle minutes).
+fn base_tuning(priority: &PriorityPolicy, settings: &Settings) -> Tuning {
     Tuning {
-        keepalive: KEEPALIVE_SECS,
-        mtu: DEFAULT_MTU,
+        keepalive: settings.keepalive,
+        mtu: settings.mtu,
         lane_ports: priority.ports.clone(),
     }
 }

@@ -16,81 +16,140 @@ mod nat_check;
 mod port_map;
 mod server_client;
 mod server_link;
+pub(crate) mod settings;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::Args;
 use lanrage_control::peer_id::PeerId;
-use lanrage_engine::io::tun::{DEFAULT_MTU, TunDevice};
+use lanrage_engine::io::tun::TunDevice;
 use lanrage_engine::{DeviceUpdate, Engine, EngineConfig, PriorityPolicy, default_threads};
 use x25519_dalek::{PublicKey, StaticSecret};
 
 use control::ControlThread;
 use server_client::ServerClient;
+use settings::SettingsBook;
 
+/// Flags of `lanrage up`. Those that are settings override the settings database for this
+/// run only (`lanrage config` changes the database).
 #[derive(Args, Debug, Clone)]
 pub struct UpArgs {
     /// Control server URL, e.g. http://203.0.113.5:8667. Without one, parties are local:
-    /// members on this LAN find each other by multicast.
+    /// members on this LAN find each other by multicast. [setting: server]
     #[arg(long, value_name = "URL")]
     pub server: Option<String>,
-    /// Interface name.
-    #[arg(long, default_value = "lanrage0")]
-    pub interface: String,
-    /// Name shown to the other players (default: this machine's hostname).
+    /// Interface name [setting: interface; default lanrage0].
+    #[arg(long)]
+    pub interface: Option<String>,
+    /// Name shown to the other players [setting: name; default: this machine's hostname].
     #[arg(long)]
     pub name: Option<String>,
-    /// Where the key and state are kept.
+    /// Where the key, the settings database and state are kept.
     #[arg(long, value_name = "DIR", default_value = "/var/lib/lanrage")]
     pub data_dir: PathBuf,
-    /// Address of the local API the CLI talks to.
-    #[arg(long, default_value_t = crate::local_api::DEFAULT_ADDR)]
-    pub api: SocketAddr,
-    /// WireGuard UDP port (0: any free port).
-    #[arg(long, default_value_t = 0)]
-    pub listen_port: u16,
-    /// Worker threads; default: one per core.
+    /// Address of the local API the CLI talks to [default: 127.0.0.1 and setting api_port].
+    #[arg(long)]
+    pub api: Option<SocketAddr>,
+    /// WireGuard UDP port, 0: any free port [setting: listen_port].
+    #[arg(long)]
+    pub listen_port: Option<u16>,
+    /// Worker threads [setting: threads; default: one per core].
     #[arg(long, value_name = "N")]
-    pub threads: Option<usize>,
+    pub threads: Option<u16>,
     /// STUN server (HOST:PORT) for the NAT check from the WireGuard port; repeat for several
-    /// (default: a few public ones; see `lanrage netcheck`).
+    /// [setting: stun_servers; default: a few public ones, see `lanrage netcheck`].
     #[arg(long = "stun", value_name = "HOST:PORT")]
     pub stun: Vec<String>,
-    /// Do not ask the router (PCP, NAT-PMP or UPnP IGD) to forward the WireGuard port.
+    /// Do not ask the router (PCP, NAT-PMP or UPnP IGD) to forward the WireGuard port
+    /// [setting: port_mapping].
     #[arg(long)]
     pub no_port_mapping: bool,
-    /// Do not watch for running games (whose traffic otherwise takes the latency lane).
+    /// Do not watch for running games (whose traffic otherwise takes the latency lane)
+    /// [setting: game_detection].
     #[arg(long)]
     pub no_game_detection: bool,
     /// Leave broadcasts and multicast from sockets bound to no address on their usual route.
     /// By default, while in a party, those sent to UDP discovery ports (4445, 6112, 7777,
-    /// 27015, and the running games') go into the party instead.
+    /// 27015, and the running games') go into the party instead [setting: broadcast_capture].
     #[arg(long)]
     pub no_broadcast_capture: bool,
 }
 
-pub fn run(args: UpArgs) -> Result<()> {
-    crate::logging::init();
-    if let Some(server) = &args.server {
-        if !server.starts_with("http://") && !server.starts_with("https://") {
-            bail!("--server takes a URL such as http://203.0.113.5:8667, not {server:?}");
+impl UpArgs {
+    /// The settings the flags give for this run, checked as the database's are.
+    fn overrides(&self) -> Result<BTreeMap<String, serde_json::Value>> {
+        use serde_json::Value;
+        let mut values: Vec<(&str, Value)> = Vec::new();
+        if let Some(server) = &self.server {
+            values.push(("server", Value::from(server.as_str())));
         }
+        if let Some(interface) = &self.interface {
+            values.push(("interface", Value::from(interface.as_str())));
+        }
+        if let Some(name) = &self.name {
+            values.push(("name", Value::from(name.as_str())));
+        }
+        if let Some(port) = self.listen_port {
+            values.push(("listen_port", Value::from(port)));
+        }
+        if let Some(threads) = self.threads {
+            values.push(("threads", Value::from(threads)));
+        }
+        if !self.stun.is_empty() {
+            values.push(("stun_servers", Value::from(self.stun.clone())));
+        }
+        for (flag, key) in [
+            (self.no_port_mapping, "port_mapping"),
+            (self.no_game_detection, "game_detection"),
+            (self.no_broadcast_capture, "broadcast_capture"),
+        ] {
+            if flag {
+                values.push((key, Value::from(false)));
+            }
+        }
+        values
+            .into_iter()
+            .map(|(key, value)| {
+                let spec = lanrage_control::settings::spec(key)?;
+                Ok((key.to_owned(), spec.check(&value)?))
+            })
+            .collect::<Result<_, lanrage_control::settings::SettingError>>()
+            .map_err(|e| anyhow::anyhow!("{e}"))
     }
+}
+
+pub fn run(args: UpArgs) -> Result<()> {
+    let overrides = args.overrides()?;
+    let mut settings_book = SettingsBook::open(&args.data_dir, overrides);
+    let settings = settings_book.start_running();
+    crate::logging::init_with(&settings.log_level, &settings.log_file);
+    for problem in settings_book.problems() {
+        tracing::warn!(%problem, "settings");
+    }
+    let interface = settings.interface.clone();
+    let api = args.api.unwrap_or_else(|| {
+        SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), settings.api_port)
+    });
+    let server = Some(settings.server.clone()).filter(|s| !s.is_empty());
     let secret = key::load_or_create(&args.data_dir.join("private.key"))?;
     let me = PeerId(PublicKey::from(&StaticSecret::from(secret)).to_bytes());
-    let threads = args.threads.unwrap_or_else(default_threads).max(1);
-    let tun = TunDevice::create(&args.interface, threads, DEFAULT_MTU, None)
-        .with_context(|| format!("cannot create interface {} (are you root?)", args.interface))?;
+    let threads = match settings.threads {
+        0 => default_threads(),
+        n => usize::from(n),
+    };
+    let tun = TunDevice::create(&interface, threads, settings.mtu, None)
+        .with_context(|| format!("cannot create interface {interface} (are you root?)"))?;
     let addresses = tun.addresses();
     let interface_index = addresses
         .index()
-        .with_context(|| format!("no interface index for {}", args.interface))?;
-    let capture = if args.no_broadcast_capture {
+        .with_context(|| format!("no interface index for {interface}"))?;
+    let capture = if !settings.broadcast_capture {
         None
     } else {
         broadcast_capture::BroadcastCapture::open(interface_index)
@@ -103,7 +162,7 @@ pub fn run(args: UpArgs) -> Result<()> {
         tun,
         EngineConfig {
             threads,
-            listen_port: args.listen_port,
+            listen_port: settings.listen_port,
             ..EngineConfig::default()
         },
     )
@@ -118,17 +177,17 @@ pub fn run(args: UpArgs) -> Result<()> {
     let listen_port = engine.handle().status().map(|s| s.listen_port).unwrap_or(0);
 
     // The router forwarding our port makes us reachable even behind a symmetric NAT.
-    let mut port_mapper = if args.no_port_mapping || listen_port == 0 {
+    let mut port_mapper = if !settings.port_mapping || listen_port == 0 {
         None
     } else {
-        port_map::PortMapper::start(listen_port, args.interface.clone())
+        port_map::PortMapper::start(listen_port, interface.clone())
             .inspect_err(|e| tracing::warn!(error = %e, "cannot start port mapping"))
             .ok()
     };
 
     let (requests_tx, requests_rx) = crossbeam_channel::bounded(64);
-    api::spawn(args.api, requests_tx)?;
-    let (game_watch, game_scans) = if args.no_game_detection {
+    api::spawn(api, requests_tx)?;
+    let (game_watch, game_scans) = if !settings.game_detection {
         (None, None)
     } else {
         match games::GameWatch::start(&args.data_dir) {
@@ -140,9 +199,11 @@ pub fn run(args: UpArgs) -> Result<()> {
         }
     };
     let control = ControlThread {
-        interface: args.interface.clone(),
+        interface: interface.clone(),
         me,
-        member_name: args.name.clone().unwrap_or_else(hostname),
+        member_name: Some(settings.name.clone())
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(hostname),
         listen_port,
         engine: engine.handle(),
         engine_events,
@@ -155,29 +216,20 @@ pub fn run(args: UpArgs) -> Result<()> {
         priority: PriorityPolicy::default(),
         capture,
         tunnel_groups: multicast_groups::TunnelGroups::new(profile_groups(&args.data_dir)),
-        stun_servers: if args.stun.is_empty() {
-            crate::netcheck::DEFAULT_STUN_SERVERS
-                .iter()
-                .map(|s| s.to_string())
-                .collect()
-        } else {
-            args.stun.clone()
-        },
-        client: args
-            .server
+        stun_servers: settings.stun_servers.clone(),
+        client: server
             .as_deref()
             .map(|url| ServerClient::new(url, secret, me)),
+        relays: settings.relays != "off",
+        settings: settings_book,
     };
     let (shutdown_tx, shutdown_rx) = crossbeam_channel::bounded::<()>(0);
     let control = std::thread::Builder::new()
         .name("lanrage-control".into())
         .spawn(move || control.run(requests_rx, shutdown_rx))?;
-    tracing::info!(interface = %args.interface, public_key = %me, listen_port,
-        api = %args.api, server = args.server.as_deref().unwrap_or("none"), "LANrage is up");
-    println!(
-        "lanrage: up on {} (key {me}, port {listen_port}); local API on {}",
-        args.interface, args.api
-    );
+    tracing::info!(%interface, public_key = %me, listen_port,
+        %api, server = server.as_deref().unwrap_or("none"), "LANrage is up");
+    println!("lanrage: up on {interface} (key {me}, port {listen_port}); local API on {api}");
 
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -196,7 +248,7 @@ pub fn run(args: UpArgs) -> Result<()> {
     }
     // Dropping the engine closes the TUN device, which removes the interface.
     drop(engine);
-    tracing::info!(interface = %args.interface, "stopped");
+    tracing::info!(%interface, "stopped");
     Ok(())
 }
 

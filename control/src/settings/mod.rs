@@ -1,0 +1,495 @@
+//! The daemon's settings: every knob a player or an operator may change, with its type, its
+//! bounds, its default and whether a change applies at once or at the next start.
+//!
+//! Sans-IO: values arrive as text (the command line: `lanrage config set mtu 1380`) or as
+//! JSON (the local API, the database) and are checked here, so that nothing unchecked is
+//! ever stored or used. [`store`] keeps them in SQLite, as named configurations.
+
+pub mod store;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// When a change takes effect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Applies {
+    /// At once, in the running daemon.
+    Now,
+    /// At the daemon's next start (sockets, threads and the interface are made at start).
+    AtRestart,
+}
+
+/// What a setting holds, and its bounds.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Bool,
+    Integer {
+        min: u64,
+        max: u64,
+    },
+    Choice(&'static [&'static str]),
+    /// Free text checked by `check` (empty allowed where `check` allows it).
+    Text(fn(&str) -> Result<(), String>),
+    /// A list, written `a,b,c` on the command line, each item checked by `check`.
+    List {
+        max_items: usize,
+        check: fn(&str) -> Result<(), String>,
+    },
+}
+
+/// One setting's definition.
+#[derive(Debug, Clone, Copy)]
+pub struct Spec {
+    pub key: &'static str,
+    pub help: &'static str,
+    pub applies: Applies,
+    kind: Kind,
+    default: fn() -> Value,
+}
+
+/// STUN servers asked when none are configured: public ones, as `lanrage netcheck` uses.
+pub const DEFAULT_STUN_SERVERS: [&str; 3] = [
+    "stun.l.google.com:19302",
+    "stun1.l.google.com:19302",
+    "stun.cloudflare.com:3478",
+];
+
+/// Every setting, in the order `lanrage config list` shows them.
+pub const SPECS: &[Spec] = &[
+    Spec {
+        key: "server",
+        help: "control server URL; empty: local parties, found by multicast on this LAN",
+        applies: Applies::AtRestart,
+        kind: Kind::Text(check_server_url),
+        default: || Value::from(""),
+    },
+    Spec {
+        key: "interface",
+        help: "name of the tunnel interface",
+        applies: Applies::AtRestart,
+        kind: Kind::Text(check_interface_name),
+        default: || Value::from("lanrage0"),
+    },
+    Spec {
+        key: "name",
+        help: "name the other players see; empty: this machine's hostname",
+        applies: Applies::AtRestart,
+        kind: Kind::Text(check_member_name),
+        default: || Value::from(""),
+    },
+    Spec {
+        key: "listen_port",
+        help: "WireGuard UDP port; 0: any free port",
+        applies: Applies::AtRestart,
+        kind: Kind::Integer { min: 0, max: 65535 },
+        default: || Value::from(0),
+    },
+    Spec {
+        key: "api_port",
+        help: "port of the local API and web UI on 127.0.0.1",
+        applies: Applies::AtRestart,
+        kind: Kind::Integer { min: 1, max: 65535 },
+        default: || Value::from(8666),
+    },
+    Spec {
+        key: "keepalive",
+        help: "WireGuard persistent keepalive toward members, seconds (a running game may ask for less); 0: off",
+        applies: Applies::Now,
+        kind: Kind::Integer { min: 0, max: 3600 },
+        default: || Value::from(25),
+    },
+    Spec {
+        key: "mtu",
+        help: "tunnel MTU (a running game may ask for less)",
+        applies: Applies::Now,
+        kind: Kind::Integer {
+            min: 1280,
+            max: 1500,
+        },
+        default: || Value::from(1420),
+    },
+    Spec {
+        key: "relays",
+        help: "relays for peers no direct path reaches: auto (the control server's) or off",
+        applies: Applies::AtRestart,
+        kind: Kind::Choice(&["auto", "off"]),
+        default: || Value::from("auto"),
+    },
+    Spec {
+        key: "stun_servers",
+        help: "STUN servers (HOST:PORT) for the NAT check; empty: no check",
+        applies: Applies::AtRestart,
+        kind: Kind::List {
+            max_items: 8,
+            check: check_host_port,
+        },
+        default: || Value::from(DEFAULT_STUN_SERVERS.to_vec()),
+    },
+    Spec {
+        key: "port_mapping",
+        help: "ask the router (PCP, NAT-PMP, UPnP IGD) to forward the WireGuard port",
+        applies: Applies::AtRestart,
+        kind: Kind::Bool,
+        default: || Value::from(true),
+    },
+    Spec {
+        key: "game_detection",
+        help: "watch for running games and tune the tunnel for them",
+        applies: Applies::AtRestart,
+        kind: Kind::Bool,
+        default: || Value::from(true),
+    },
+    Spec {
+        key: "broadcast_capture",
+        help: "send games' broadcasts from unbound sockets into the party (policy rules)",
+        applies: Applies::AtRestart,
+        kind: Kind::Bool,
+        default: || Value::from(true),
+    },
+    Spec {
+        key: "threads",
+        help: "engine worker threads; 0: one per core",
+        applies: Applies::AtRestart,
+        kind: Kind::Integer { min: 0, max: 256 },
+        default: || Value::from(0),
+    },
+    Spec {
+        key: "log_level",
+        help: "least severe log level written",
+        applies: Applies::AtRestart,
+        kind: Kind::Choice(&["error", "warn", "info", "debug", "trace"]),
+        default: || Value::from("info"),
+    },
+    Spec {
+        key: "log_file",
+        help: "also append logs to this file (absolute path); empty: standard error only",
+        applies: Applies::AtRestart,
+        kind: Kind::Text(check_log_file),
+        default: || Value::from(""),
+    },
+];
+
+/// Why a value was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SettingError {
+    UnknownKey(String),
+    Invalid { key: String, why: String },
+}
+
+impl fmt::Display for SettingError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SettingError::UnknownKey(key) => {
+                write!(f, "no setting {key:?} (`lanrage config list` shows them)")
+            }
+            SettingError::Invalid { key, why } => write!(f, "{key}: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for SettingError {}
+
+pub fn spec(key: &str) -> Result<&'static Spec, SettingError> {
+    SPECS
+        .iter()
+        .find(|s| s.key == key)
+        .ok_or_else(|| SettingError::UnknownKey(key.to_owned()))
+}
+
+impl Spec {
+    pub fn default_value(&self) -> Value {
+        (self.default)()
+    }
+
+    fn invalid(&self, why: impl Into<String>) -> SettingError {
+        SettingError::Invalid {
+            key: self.key.to_owned(),
+            why: why.into(),
+        }
+    }
+
+    /// A value as typed on the command line: `25`, `true`, `off`, `a:1,b:2` (an empty string
+    /// is an empty list).
+    pub fn parse_text(&self, text: &str) -> Result<Value, SettingError> {
+        let text = text.trim();
+        let value = match self.kind {
+            Kind::Bool => match text {
+                "true" | "on" | "yes" | "1" => Value::from(true),
+                "false" | "off" | "no" | "0" => Value::from(false),
+                _ => return Err(self.invalid(format!("{text:?} is not true or false"))),
+            },
+            Kind::Integer { .. } => text
+                .parse::<u64>()
+                .map(Value::from)
+                .map_err(|_| self.invalid(format!("{text:?} is not a whole number")))?,
+            Kind::Choice(_) | Kind::Text(_) => Value::from(text),
+            Kind::List { .. } => Value::from(
+                text.split(',')
+                    .map(str::trim)
+                    .filter(|item| !item.is_empty())
+                    .collect::<Vec<_>>(),
+            ),
+        };
+        self.check(&value)
+    }
+
+    /// Checks a value (from the API or the database) and returns it as stored.
+    pub fn check(&self, value: &Value) -> Result<Value, SettingError> {
+        match self.kind {
+            Kind::Bool => value
+                .as_bool()
+                .map(Value::from)
+                .ok_or_else(|| self.invalid(format!("{value} is not true or false"))),
+            Kind::Integer { min, max } => match value.as_u64() {
+                Some(n) if (min..=max).contains(&n) => Ok(Value::from(n)),
+                Some(n) => Err(self.invalid(format!("{n} is outside {min}..={max}"))),
+                None => Err(self.invalid(format!("{value} is not a whole number"))),
+            },
+            Kind::Choice(choices) => match value.as_str() {
+                Some(s) if choices.contains(&s) => Ok(Value::from(s)),
+                _ => Err(self.invalid(format!("{value} is not one of {}", choices.join(", ")))),
+            },
+            Kind::Text(check) => {
+                let text = value
+                    .as_str()
+                    .ok_or_else(|| self.invalid(format!("{value} is not text")))?;
+                check(text).map_err(|why| self.invalid(why))?;
+                Ok(Value::from(text))
+            }
+            Kind::List { max_items, check } => {
+                let items = value
+                    .as_array()
+                    .ok_or_else(|| self.invalid(format!("{value} is not a list")))?;
+                if items.len() > max_items {
+                    return Err(self.invalid(format!("{} items, at most {max_items}", items.len())));
+                }
+                let mut checked = Vec::with_capacity(items.len());
+                for item in items {
+                    let text = item
+                        .as_str()
+                        .ok_or_else(|| self.invalid(format!("{item} is not text")))?;
+                    check(text).map_err(|why| self.invalid(why))?;
+                    checked.push(Value::from(text));
+                }
+                Ok(Value::Array(checked))
+            }
+        }
+    }
+}
+
+/// The settings in force, typed: defaults, then what is stored, then what the command line
+/// says for this run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Settings {
+    pub server: String,
+    pub interface: String,
+    pub name: String,
+    pub listen_port: u16,
+    pub api_port: u16,
+    pub keepalive: u16,
+    pub mtu: u16,
+    pub relays: String,
+    pub stun_servers: Vec<String>,
+    pub port_mapping: bool,
+    pub game_detection: bool,
+    pub broadcast_capture: bool,
+    pub threads: u16,
+    pub log_level: String,
+    pub log_file: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings::from_values(&BTreeMap::new())
+    }
+}
+
+impl Settings {
+    /// Settings from checked values by key; keys not given take their defaults.
+    pub fn from_values(values: &BTreeMap<String, Value>) -> Settings {
+        let object = SPECS
+            .iter()
+            .map(|spec| {
+                let value = values
+                    .get(spec.key)
+                    .and_then(|v| spec.check(v).ok())
+                    .unwrap_or_else(|| spec.default_value());
+                (spec.key.to_owned(), value)
+            })
+            .collect();
+        // Every value passed its check, which admits only what the fields can hold.
+        serde_json::from_value(Value::Object(object))
+            .unwrap_or_else(|e| unreachable!("a checked setting does not fit its field: {e}"))
+    }
+
+    /// The value of `key`, as JSON.
+    pub fn get(&self, key: &str) -> Result<Value, SettingError> {
+        let spec = spec(key)?;
+        let all = serde_json::to_value(self).unwrap_or_default();
+        Ok(all
+            .get(spec.key)
+            .cloned()
+            .unwrap_or_else(|| spec.default_value()))
+    }
+}
+
+/// Stored values (raw JSON text by key) checked: the good ones, and a complaint for each one
+/// that is not (it is then left to its default, and kept in the database untouched).
+pub fn check_stored(
+    stored: &BTreeMap<String, String>,
+) -> (BTreeMap<String, Value>, Vec<SettingError>) {
+    let mut values = BTreeMap::new();
+    let mut bad = Vec::new();
+    for (key, raw) in stored {
+        let checked = spec(key).and_then(|spec| {
+            let value: Value = serde_json::from_str(raw)
+                .map_err(|e| spec.invalid(format!("stored value {raw:?} is not JSON: {e}")))?;
+            spec.check(&value)
+        });
+        match checked {
+            Ok(value) => {
+                values.insert(key.clone(), value);
+            }
+            Err(e) => bad.push(e),
+        }
+    }
+    (values, bad)
+}
+
+fn check_server_url(url: &str) -> Result<(), String> {
+    if url.is_empty() {
+        return Ok(());
+    }
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| format!("{url:?} is not an http:// or https:// URL"))?;
+    if rest.is_empty()
+        || url.len() > 256
+        || url.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(format!(
+            "{url:?} is not a URL such as http://203.0.113.5:8667"
+        ));
+    }
+    Ok(())
+}
+
+/// Linux interface names: 1 to 15 bytes, no `/`, whitespace or `:`, not `.` or `..`.
+fn check_interface_name(name: &str) -> Result<(), String> {
+    let fine = (1..=15).contains(&name.len())
+        && name != "."
+        && name != ".."
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if fine {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} is not an interface name (1 to 15 letters, digits, '-', '_' or '.')"
+        ))
+    }
+}
+
+fn check_member_name(name: &str) -> Result<(), String> {
+    if name.len() > 64 || name.chars().any(char::is_control) {
+        return Err("at most 64 bytes, no control characters".into());
+    }
+    Ok(())
+}
+
+fn check_host_port(item: &str) -> Result<(), String> {
+    let (host, port) = item
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{item:?} is not HOST:PORT"))?;
+    let port_ok = port.parse::<u16>().is_ok_and(|p| p != 0);
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && !host
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == '/');
+    if port_ok && host_ok {
+        Ok(())
+    } else {
+        Err(format!("{item:?} is not HOST:PORT"))
+    }
+}
+
+fn check_log_file(path: &str) -> Result<(), String> {
+    if path.is_empty() || (path.starts_with('/') && !path.chars().any(char::is_control)) {
+        Ok(())
+    } else {
+        Err(format!("{path:?} is not an absolute path"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_fill_every_field_and_pass_their_own_checks() {
+        let settings = Settings::default();
+        assert_eq!((settings.keepalive, settings.mtu), (25, 1420));
+        assert_eq!(settings.interface, "lanrage0");
+        assert_eq!(settings.stun_servers.len(), 3);
+        for spec in SPECS {
+            assert_eq!(spec.check(&spec.default_value()), Ok(spec.default_value()));
+            assert_eq!(settings.get(spec.key).unwrap(), spec.default_value());
+        }
+    }
+
+    #[test]
+    fn text_is_parsed_and_checked_by_kind() {
+        let parse = |key: &str, text: &str| spec(key).unwrap().parse_text(text);
+        assert_eq!(parse("mtu", "1380"), Ok(Value::from(1380)));
+        assert!(parse("mtu", "9000").is_err());
+        assert!(parse("mtu", "-1").is_err());
+        assert_eq!(parse("port_mapping", "off"), Ok(Value::from(false)));
+        assert!(parse("port_mapping", "maybe").is_err());
+        assert_eq!(parse("relays", "off"), Ok(Value::from("off")));
+        assert!(parse("relays", "sometimes").is_err());
+        assert_eq!(
+            parse("stun_servers", "a.example:3478, b.example:19302"),
+            Ok(serde_json::json!(["a.example:3478", "b.example:19302"]))
+        );
+        assert_eq!(parse("stun_servers", ""), Ok(serde_json::json!([])));
+        assert!(parse("stun_servers", "no-port").is_err());
+        assert!(parse("server", "ftp://x").is_err());
+        assert!(parse("server", "http://203.0.113.5:8667").is_ok());
+        assert!(parse("interface", "a-very-long-interface-name").is_err());
+        assert!(parse("interface", "lr0").is_ok());
+        assert!(parse("log_file", "relative.log").is_err());
+        assert_eq!(
+            spec("colour").unwrap_err(),
+            SettingError::UnknownKey("colour".into())
+        );
+    }
+
+    #[test]
+    fn bad_stored_values_are_reported_and_left_to_their_defaults() {
+        let stored: BTreeMap<String, String> = [
+            ("mtu", "1380"),
+            ("keepalive", "\"often\""),
+            ("threads", "{broken"),
+            ("retired_setting", "1"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let (values, bad) = check_stored(&stored);
+        let settings = Settings::from_values(&values);
+        assert_eq!(
+            (settings.mtu, settings.keepalive, settings.threads),
+            (1380, 25, 0)
+        );
+        assert_eq!(bad.len(), 3, "{bad:?}");
+        assert!(bad.iter().any(|e| e.to_string().starts_with("keepalive:")));
+        assert!(bad.contains(&SettingError::UnknownKey("retired_setting".into())));
+    }
+}

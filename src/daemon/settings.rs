@@ -1,0 +1,209 @@
+//! The daemon's settings as the control thread and `lanrage config` keep them: the database
+//! (`lanrage_control::settings::store`), what the command line overrides for this run, and
+//! what the daemon started with, so that a change that needs a restart says so.
+//!
+//! A database that cannot be used never stops the daemon: a damaged one is moved aside and a
+//! new one started; a locked or unreadable one leaves the defaults in force, changes are
+//! refused with the reason, and `lanrage config list` shows it.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use lanrage_control::settings::store::{ConfigurationSummary, SettingsStore, StoreError};
+use lanrage_control::settings::{self, Applies, SPECS, SettingError, Settings};
+use serde_json::Value;
+
+use crate::local_api::{SettingInfo, SettingsReport};
+
+/// The file in the data directory.
+pub const FILE: &str = "settings.db";
+
+/// An error for the local API: HTTP status and message.
+pub type ApiError = (u16, String);
+
+pub struct SettingsBook {
+    store: Result<SettingsStore, String>,
+    /// Checked values from the database's active configuration.
+    stored: BTreeMap<String, Value>,
+    /// Set by command-line flags for this run; they win over the database.
+    overrides: BTreeMap<String, Value>,
+    /// What the daemon runs with (`None` for the CLI, which runs nothing).
+    running: Option<Settings>,
+    /// Stored rows that failed their check, and the like: shown, not fatal.
+    problems: Vec<String>,
+}
+
+impl SettingsBook {
+    /// Opens the data directory's database; never fails (see the module's doc).
+    pub fn open(data_dir: &Path, overrides: BTreeMap<String, Value>) -> SettingsBook {
+        let path = data_dir.join(FILE);
+        let mut problems = Vec::new();
+        let store = std::fs::create_dir_all(data_dir)
+            .map_err(|e| format!("cannot create {}: {e}", data_dir.display()))
+            .and_then(|()| {
+                SettingsStore::open_or_set_aside(&path, unix_now()).map_err(|e| e.to_string())
+            })
+            .map(|(store, aside)| {
+                if let Some(aside) = aside {
+                    problems.push(format!(
+                        "the settings database was damaged: moved to {} and started afresh with defaults",
+                        aside.display()
+                    ));
+                }
+                store
+            });
+        if let Err(e) = &store {
+            problems.push(format!(
+                "{e}; running with defaults, changes cannot be saved"
+            ));
+        }
+        let mut book = SettingsBook {
+            store,
+            stored: BTreeMap::new(),
+            overrides,
+            running: None,
+            problems,
+        };
+        book.reload();
+        book
+    }
+
+    /// Reads the active configuration again (after opening, or switching).
+    fn reload(&mut self) {
+        self.problems.retain(|p| !p.starts_with("stored "));
+        let stored = match &self.store {
+            Ok(store) => store.stored(),
+            Err(_) => return,
+        };
+        match stored {
+            Ok(raw) => {
+                let (values, bad) = settings::check_stored(&raw);
+                self.stored = values;
+                for e in bad {
+                    self.problems
+                        .push(format!("stored {e}; its default is used (the row is kept)"));
+                }
+            }
+            Err(e) => self.problems.push(format!("{e}; stored settings not read")),
+        }
+    }
+
+    /// The daemon starts with what `effective` says now.
+    pub fn start_running(&mut self) -> Settings {
+        let settings = self.effective();
+        self.running = Some(settings.clone());
+        settings
+    }
+
+    /// Defaults, then the database, then the command line.
+    pub fn effective(&self) -> Settings {
+        let mut values = self.stored.clone();
+        values.extend(self.overrides.clone());
+        Settings::from_values(&values)
+    }
+
+    pub fn problems(&self) -> &[String] {
+        &self.problems
+    }
+
+    pub fn report(&self) -> SettingsReport {
+        let effective = self.effective();
+        SettingsReport {
+            configuration: self.store.as_ref().ok().and_then(|s| s.active().ok()),
+            database: match &self.store {
+                Ok(store) => store.path().display().to_string(),
+                Err(e) => format!("unavailable: {e}"),
+            },
+            settings: SPECS
+                .iter()
+                .map(|spec| self.info(spec.key, &effective))
+                .collect(),
+            problems: self.problems.clone(),
+        }
+    }
+
+    fn info(&self, key: &str, effective: &Settings) -> SettingInfo {
+        let spec = settings::spec(key).expect("keys come from SPECS");
+        let value = effective.get(key).unwrap_or_else(|_| spec.default_value());
+        let restart_pending = spec.applies == Applies::AtRestart
+            && self
+                .running
+                .as_ref()
+                .is_some_and(|running| running.get(key).ok().as_ref() != Some(&value));
+        SettingInfo {
+            key: key.to_owned(),
+            value,
+            default: spec.default_value(),
+            set: self.stored.contains_key(key),
+            applies: spec.applies,
+            help: spec.help.to_owned(),
+            restart_pending,
+            from_flag: self.overrides.contains_key(key),
+        }
+    }
+
+    fn store(&mut self) -> Result<&mut SettingsStore, ApiError> {
+        self.store
+            .as_mut()
+            .map_err(|e| (503, format!("settings cannot be changed: {e}")))
+    }
+
+    /// Stores `value` for `key` (checked first).
+    pub fn set(&mut self, key: &str, value: &Value) -> Result<SettingInfo, ApiError> {
+        let spec = settings::spec(key).map_err(refused)?;
+        let value = spec.check(value).map_err(refused)?;
+        self.store()?.set(key, &value).map_err(store_error)?;
+        self.stored.insert(key.to_owned(), value);
+        Ok(self.info(key, &self.effective()))
+    }
+
+    /// Forgets `key`'s stored value: its default applies.
+    pub fn reset(&mut self, key: &str) -> Result<SettingInfo, ApiError> {
+        settings::spec(key).map_err(refused)?;
+        self.store()?.reset(key).map_err(store_error)?;
+        self.stored.remove(key);
+        Ok(self.info(key, &self.effective()))
+    }
+
+    pub fn configurations(&mut self) -> Result<Vec<ConfigurationSummary>, ApiError> {
+        self.store()?.configurations().map_err(store_error)
+    }
+
+    pub fn save_as(&mut self, name: &str) -> Result<(), ApiError> {
+        self.store()?.save_as(name).map_err(store_error)
+    }
+
+    pub fn activate(&mut self, name: &str) -> Result<SettingsReport, ApiError> {
+        self.store()?.activate(name).map_err(store_error)?;
+        self.reload();
+        Ok(self.report())
+    }
+
+    pub fn delete(&mut self, name: &str) -> Result<(), ApiError> {
+        self.store()?.delete(name).map_err(store_error)
+    }
+}
+
+fn refused(e: SettingError) -> ApiError {
+    match e {
+        SettingError::UnknownKey(_) => (404, e.to_string()),
+        SettingError::Invalid { .. } => (400, e.to_string()),
+    }
+}
+
+fn store_error(e: StoreError) -> ApiError {
+    let status = match e {
+        StoreError::NoSuchConfiguration(_) => 404,
+        StoreError::Active(_) => 409,
+        StoreError::BadName(_) => 400,
+        StoreError::Locked { .. } => 503,
+        _ => 500,
+    };
+    (status, e.to_string())
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
