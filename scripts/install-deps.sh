@@ -41,6 +41,8 @@ PACKAGES=(
     nftables          # nft: the chains miniupnpd adds its rules to
     netcat-openbsd    # nc: UDP/TCP probes in tests
     socat             # LAN discovery tests: broadcast and multicast senders and listeners
+    curl              # asks the Prometheus server's API in tests
+    prometheus        # scrapes the daemon's /metrics in tests
     jq                # JSON from iperf3 and bench results
     bc                # arithmetic in the scripts
     procps            # sysctl, ps, pgrep

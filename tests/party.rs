@@ -323,6 +323,60 @@ impl Lab {
         );
     }
 
+    /// The daemon's `/metrics` in `ns` as a real Prometheus server scrapes it (every 1 s,
+    /// in `ns`): once the target is healthy, what `query` returns (a PromQL expression), as
+    /// JSON.
+    fn prometheus_query(&self, ns: &str, query: &str) -> Value {
+        let dir = self.dir.join(format!("prometheus-{ns}"));
+        std::fs::create_dir_all(&dir).expect("create the Prometheus directory");
+        let config = dir.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            "global: {scrape_interval: 1s, scrape_timeout: 1s}\n\
+             scrape_configs:\n  - job_name: lanrage\n    \
+             static_configs: [{targets: ['127.0.0.1:8666']}]\n",
+        )
+        .expect("write the Prometheus configuration");
+        let mut prometheus = Command::new("ip")
+            .args(["netns", "exec", ns, "prometheus"])
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg("--web.listen-address=127.0.0.1:9090")
+            .stdout(Stdio::null())
+            .stderr(log(&self.dir, &format!("prometheus-{ns}")))
+            .spawn()
+            .expect("cannot start prometheus (package prometheus)");
+        let api = |path: &str| -> Value {
+            let out = Command::new("ip")
+                .args(["netns", "exec", ns, "curl", "-sS", "--max-time", "2", "-G"])
+                .arg(format!("http://127.0.0.1:9090{path}"))
+                .args(["--data-urlencode", &format!("query={query}")])
+                .output()
+                .expect("cannot run curl (package curl)");
+            serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+        };
+        let mut answer = Value::Null;
+        wait_for(
+            "Prometheus to scrape the daemon",
+            Duration::from_secs(20),
+            || {
+                let targets = api("/api/v1/targets");
+                let healthy = targets["data"]["activeTargets"][0]["health"] == "up";
+                answer = api("/api/v1/query");
+                healthy
+                    && answer["data"]["result"]
+                        .as_array()
+                        .is_some_and(|r| !r.is_empty())
+            },
+        );
+        let _ = prometheus.kill();
+        let _ = prometheus.wait();
+        answer
+    }
+
     /// Sends one datagram with `payload` from `ns` to socat address `to` (HOST:PORT,OPTIONS).
     fn udp_send(&self, ns: &str, payload: &str, to: &str) {
         let mut child = Command::new("ip")
@@ -658,11 +712,24 @@ fn game_discovery_broadcasts_reach_every_member_once() {
     lab.in_ns(&a, &["ip", "route", "add", "default", "dev", "eth0"]);
     let rules =
         String::from_utf8_lossy(&lab.in_ns(&a, &["ip", "rule", "show"]).stdout).into_owned();
-    for port in ["4445", "6112", "7777", "27015"] {
+    // A port may sit in a range: games other tests run (processes are shared by the
+    // namespaces) add their discovery ports, e.g. Source's 27015-27020.
+    let covered = |to: &str, port: u16| {
+        rules.lines().any(|rule| {
+            let Some(ports) = rule
+                .split_once(&format!("to {to} ipproto udp dport "))
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+            else {
+                return false;
+            };
+            let (low, high) = ports.split_once('-').unwrap_or((ports, ports));
+            low.parse::<u16>().is_ok_and(|low| low <= port)
+                && high.parse::<u16>().is_ok_and(|high| port <= high)
+        })
+    };
+    for port in [4445, 6112, 7777, 27015] {
         assert!(
-            rules.contains(&format!(
-                "to 255.255.255.255 ipproto udp dport {port} lookup"
-            )) && rules.contains(&format!("to 224.0.0.0/4 ipproto udp dport {port} lookup")),
+            covered("255.255.255.255", port) && covered("224.0.0.0/4", port),
             "capture rules for port {port}:\n{rules}"
         );
     }
@@ -722,15 +789,16 @@ fn game_discovery_broadcasts_reach_every_member_once() {
             .map(str::to_owned)
             .collect()
     };
+    // Eight for the default ports (more while another test's stand-in game runs).
     let before = capture_rules(&lab);
-    assert_eq!(before.len(), 8, "{before:?}");
+    assert!(before.len() >= 8, "{before:?}");
     lab.crash_and_restart(0, true);
     wait_for(
         "A's restarted daemon to capture again",
         PING_TIMEOUT,
         || {
             let now = capture_rules(&lab);
-            now.len() == 8 && now != before
+            now.len() >= 8 && now.iter().all(|rule| !before.contains(rule))
         },
     );
 
@@ -1206,6 +1274,18 @@ fn settings_change_live_or_at_restart_and_survive_a_damaged_database() {
     let [a, _b] = [0, 1].map(|i| lab.members[i].clone());
     lab.form_party();
     lab.wait_for_peers(&a, 1, PING_TIMEOUT);
+
+    // Metrics: a real Prometheus scrapes them; traffic, handshakes and round trips are
+    // there for the member.
+    lab.all_ping_each_other();
+    let answer = lab.prometheus_query(
+        &a,
+        r#"lanrage_peer_receive_bytes_total{peer="player2"} > 0 and on (peer) lanrage_handshakes_total > 0 and on (peer) lanrage_path_rtt_seconds_count > 0 and on (peer) lanrage_peer_transmit_packets_total > 0"#,
+    );
+    assert_eq!(
+        answer["data"]["result"][0]["metric"]["peer"], "player2",
+        "{answer}"
+    );
 
     let report = lab.cli(&a, &["config", "list", "--json"]);
     assert!(

@@ -196,6 +196,9 @@ pub struct PeerStatus {
     /// Bytes of WireGuard datagrams received from and sent to this peer.
     pub rx_bytes: u64,
     pub tx_bytes: u64,
+    /// WireGuard datagrams received from and sent to this peer.
+    pub rx_packets: u64,
+    pub tx_packets: u64,
     pub persistent_keepalive: u16,
     pub allowed_ips: Vec<Prefix>,
 }

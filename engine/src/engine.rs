@@ -361,6 +361,8 @@ impl Control {
                     last_handshake,
                     rx_bytes: entry.peer.rx_bytes(),
                     tx_bytes: entry.peer.tx_bytes(),
+                    rx_packets: entry.peer.rx_packets(),
+                    tx_packets: entry.peer.tx_packets(),
                     persistent_keepalive: entry.persistent_keepalive,
                     allowed_ips: entry.allowed_ips.clone(),
                 }

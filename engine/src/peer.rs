@@ -24,6 +24,8 @@ pub struct Peer {
     pub lan_in: Gcra,
     rx_bytes: AtomicU64,
     tx_bytes: AtomicU64,
+    rx_packets: AtomicU64,
+    tx_packets: AtomicU64,
 }
 
 pub struct PeerState {
@@ -68,15 +70,29 @@ impl Peer {
             lan_in: lan::inbound_budget(),
             rx_bytes: AtomicU64::new(0),
             tx_bytes: AtomicU64::new(0),
+            rx_packets: AtomicU64::new(0),
+            tx_packets: AtomicU64::new(0),
         }
     }
 
+    /// Counts one WireGuard datagram of `bytes` received from the peer.
     pub fn add_rx(&self, bytes: usize) {
         self.rx_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.rx_packets.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts one WireGuard datagram of `bytes` sent to the peer.
     pub fn add_tx(&self, bytes: usize) {
         self.tx_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.tx_packets.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn rx_packets(&self) -> u64 {
+        self.rx_packets.load(Ordering::Relaxed)
+    }
+
+    pub fn tx_packets(&self) -> u64 {
+        self.tx_packets.load(Ordering::Relaxed)
     }
 
     pub fn rx_bytes(&self) -> u64 {

@@ -56,6 +56,7 @@ pub fn spawn(addr: SocketAddr, requests: Requests) -> Result<std::thread::JoinHa
                     .route("/party/create", post(create))
                     .route("/party/join", post(join))
                     .route("/party/leave", post(leave))
+                    .route("/metrics", get(metrics))
                     .route("/api/settings", get(settings))
                     .route(
                         "/api/settings/{key}",
@@ -254,4 +255,24 @@ async fn delete_configuration(
         StatusCode::NO_CONTENT,
     )
     .await
+}
+
+/// Prometheus's text format, not JSON.
+async fn metrics(State(requests): State<Requests>) -> Response {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    if requests.send(ControlRequest::Metrics(tx)).is_err() {
+        return error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the daemon is shutting down",
+        );
+    }
+    match rx.await {
+        Ok(Ok(text)) => {
+            ([(header::CONTENT_TYPE, super::metrics::CONTENT_TYPE)], text).into_response()
+        }
+        _ => error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the daemon is shutting down",
+        ),
+    }
 }

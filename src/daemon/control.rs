@@ -32,6 +32,7 @@ use lanrage_engine::{
 use super::broadcast_capture::{self, BroadcastCapture, CapturePlan};
 use super::games::{GameScan, RunningGame};
 use super::local_link::LocalLink;
+use super::metrics::{Metrics, PeerLabels, PeerSample, Sample};
 use super::multicast_groups::{self, TunnelGroups};
 use super::nat_check::NatCheck;
 use super::port_map::{Mapping, MappingView};
@@ -81,6 +82,8 @@ pub enum Request {
     SaveConfiguration(String, Reply<()>),
     ActivateConfiguration(String, Reply<SettingsReport>),
     DeleteConfiguration(String, Reply<()>),
+    /// The `/metrics` exposition.
+    Metrics(Reply<String>),
 }
 
 pub struct ControlThread {
@@ -162,6 +165,9 @@ struct State {
     groups_unreadable: bool,
     /// Each member's multicast groups as last given to the engine.
     groups_told: HashMap<PeerId, Option<Vec<Ipv4Addr>>>,
+    metrics: Metrics,
+    /// The labels each member's series carry, kept to end them when it leaves.
+    metric_labels: HashMap<PeerId, PeerLabels>,
 }
 
 impl ControlThread {
@@ -204,6 +210,8 @@ impl ControlThread {
             next_groups_check: Instant::now(),
             groups_unreadable: false,
             groups_told: HashMap::new(),
+            metrics: Metrics::default(),
+            metric_labels: HashMap::new(),
         };
         state.load_hosted();
         state.resume();
@@ -274,6 +282,9 @@ impl ControlThread {
                 recv(engine_events) -> event => match event {
                     Ok(EngineEvent::HandshakeCompleted { public_key }) => {
                         tracing::debug!(peer = %PeerId(public_key), "handshake completed");
+                        if let Some(labels) = state.metric_labels(PeerId(public_key)) {
+                            state.metrics.handshake(&labels);
+                        }
                     }
                     Ok(EngineEvent::Datagram { from, data }) => {
                         if is_relay_control(&data) && from.relay_channel.is_none() {
@@ -469,6 +480,11 @@ impl State {
                 tracing::debug!(%to, "engine gone; path probe not sent");
             }
         }
+        while let Some((peer, rtt)) = self.paths.poll_round_trip() {
+            if let Some(labels) = self.metric_labels(peer) {
+                self.metrics.round_trip(&labels, rtt);
+            }
+        }
         while let Some(event) = self.paths.poll_event() {
             match event {
                 PathEvent::Chosen {
@@ -642,6 +658,9 @@ impl State {
                 }
                 Action::RemovePeer(peer) => {
                     self.groups_told.remove(&peer);
+                    if let Some(labels) = self.metric_labels.remove(&peer) {
+                        self.metrics.forget(&labels);
+                    }
                     self.paths.remove_peer(&peer);
                     self.relays.remove_peer(&peer);
                     self.candidates.remove(&peer);
@@ -796,6 +815,9 @@ impl State {
             }
             Request::DeleteConfiguration(name, reply) => {
                 let _ = reply.send(self.cfg.settings.delete(&name));
+            }
+            Request::Metrics(reply) => {
+                let _ = reply.send(Ok(self.render_metrics()));
             }
         }
     }
@@ -1108,6 +1130,81 @@ impl State {
             }
             Err(e) => tracing::debug!(%from, error = %e, "server status reply refused"),
         }
+    }
+
+    /// The labels of `peer`'s series: its name and virtual IP while it is a member.
+    fn metric_labels(&mut self, peer: PeerId) -> Option<PeerLabels> {
+        let member = self
+            .membership
+            .party()?
+            .members
+            .iter()
+            .find(|m| m.peer == peer)?;
+        let labels = PeerLabels {
+            peer: member.name.clone(),
+            virtual_ip: member.virtual_ip.to_string(),
+        };
+        if let Some(old) = self.metric_labels.insert(peer, labels.clone())
+            && old != labels
+        {
+            self.metrics.forget(&old);
+        }
+        Some(labels)
+    }
+
+    fn render_metrics(&mut self) -> String {
+        let engine = self.cfg.engine.status().ok();
+        let now = Instant::now();
+        let members: Vec<(PeerId, PeerLabels)> = self
+            .membership
+            .party()
+            .map(|p| {
+                p.members
+                    .iter()
+                    .filter(|m| m.peer != self.cfg.me)
+                    .map(|m| {
+                        let labels = PeerLabels {
+                            peer: m.name.clone(),
+                            virtual_ip: m.virtual_ip.to_string(),
+                        };
+                        (m.peer, labels)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let peers = members
+            .into_iter()
+            .map(|(peer, labels)| {
+                let live = engine
+                    .as_ref()
+                    .and_then(|s| s.peers.iter().find(|p| p.public_key == peer.0));
+                PeerSample {
+                    labels,
+                    rx_bytes: live.map_or(0, |p| p.rx_bytes),
+                    tx_bytes: live.map_or(0, |p| p.tx_bytes),
+                    rx_packets: live.map_or(0, |p| p.rx_packets),
+                    tx_packets: live.map_or(0, |p| p.tx_packets),
+                    relayed: self
+                        .paths
+                        .path(&peer, now)
+                        .is_some_and(|(endpoint, _)| endpoint.is_relayed()),
+                    path_losses: self.paths.losses(&peer),
+                }
+            })
+            .collect();
+        self.metrics.render(&Sample {
+            peers,
+            drops: engine
+                .map(|s| {
+                    s.drops
+                        .iter()
+                        .map(|(reason, n)| (reason.name(), *n))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            party_members: self.membership.party().map_or(0, |p| p.members.len()),
+            game_scan: self.game_scan,
+        })
     }
 
     /// Gives the engine each member's multicast groups where they changed: a member's engine

@@ -11,6 +11,7 @@ mod key;
 pub(crate) mod lan;
 mod link_reader;
 mod local_link;
+mod metrics;
 mod multicast_groups;
 mod nat_check;
 mod port_map;

@@ -44,6 +44,8 @@ const PING_TIMEOUT: Duration = Duration::from_secs(2);
 /// Pings per candidate whose pong would still count: with a ping every 200 ms, a path with a
 /// round trip up to about 800 ms is still measured while hole punching.
 const PINGS_REMEMBERED: usize = 4;
+/// Round-trip samples kept for [`PathSelector::poll_round_trip`] when the owner does not ask.
+pub const MAX_ROUND_TRIPS: usize = 1024;
 /// Direct candidates per peer, advertised and learned together.
 pub const MAX_DIRECT_CANDIDATES: usize = 8;
 /// Relayed candidates per peer (a few relays, each on its channel), advertised and learned
@@ -144,6 +146,7 @@ pub struct PathSelector {
     peers: HashMap<PeerId, PeerPaths>,
     transmits: VecDeque<(PathAddr, Vec<u8>)>,
     events: VecDeque<PathEvent>,
+    round_trips: VecDeque<(PeerId, Duration)>,
     random_id: Box<dyn FnMut() -> [u8; 12] + Send>,
 }
 
@@ -157,6 +160,7 @@ impl PathSelector {
             peers: HashMap::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
+            round_trips: VecDeque::new(),
             random_id: Box::new(random_id),
         }
     }
@@ -276,9 +280,17 @@ impl PathSelector {
                     })
                     .ok_or(Refused::Unexpected)?;
                 let (_, sent) = c.pings.remove(i);
-                c.rtt = Some(now.saturating_duration_since(sent));
+                let rtt = now.saturating_duration_since(sent);
+                c.rtt = Some(rtt);
                 c.last_pong = Some(now);
+                let addr = c.addr;
                 Self::choose(sender, paths, now, &mut self.events);
+                if paths.chosen == Some(addr) {
+                    if self.round_trips.len() == MAX_ROUND_TRIPS {
+                        self.round_trips.pop_front();
+                    }
+                    self.round_trips.push_back((sender, rtt));
+                }
                 Ok(())
             }
         }
@@ -422,6 +434,12 @@ impl PathSelector {
 
     pub fn poll_event(&mut self) -> Option<PathEvent> {
         self.events.pop_front()
+    }
+
+    /// The round trips measured on each peer's chosen path since the last call, oldest first
+    /// (for statistics; at most [`MAX_ROUND_TRIPS`] are kept).
+    pub fn poll_round_trip(&mut self) -> Option<(PeerId, Duration)> {
+        self.round_trips.pop_front()
     }
 }
 
@@ -675,6 +693,16 @@ mod tests {
         // The first round's pings die at the other NAT; the second gets through.
         let first = hosts[0].events[0].0 - t0;
         assert!(first < ms(500), "chosen after {first:?}");
+        // Round trips on the chosen path are handed out for statistics.
+        let peer = hosts[1].id;
+        let samples: Vec<_> = std::iter::from_fn(|| hosts[0].selector.poll_round_trip()).collect();
+        assert!(
+            !samples.is_empty()
+                && samples
+                    .iter()
+                    .all(|&(p, rtt)| p == peer && rtt >= ms(20) && rtt < ms(40)),
+            "{samples:?}"
+        );
     }
 
     #[test]
