@@ -43,6 +43,7 @@ PACKAGES=(
     socat             # LAN discovery tests: broadcast and multicast senders and listeners
     curl              # asks the Prometheus server's API in tests
     prometheus        # scrapes the daemon's /metrics in tests
+    systemd           # systemd-analyze: checks the service unit in dist/systemd
     jq                # JSON from iperf3 and bench results
     bc                # arithmetic in the scripts
     procps            # sysctl, ps, pgrep

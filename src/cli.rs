@@ -70,6 +70,79 @@ pub enum ServersCommand {
     Unhost { port: u16 },
 }
 
+#[derive(Args, Debug, Clone)]
+pub struct PingArgs {
+    /// The member: its name in the party or its virtual IP.
+    pub peer: String,
+    /// Echo requests to send.
+    #[arg(long, short = 'c', default_value_t = 4)]
+    pub count: u32,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+/// How long `lanrage down` waits for the daemon to be gone.
+const DOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+pub fn down(api: &ApiArgs) -> Result<()> {
+    let client = Client::new(api.api);
+    client.shutdown()?;
+    let asked = std::time::Instant::now();
+    // Gone once the API no longer answers: the interface, rules and port mapping are undone
+    // before the process exits.
+    while client.status().is_ok() {
+        if asked.elapsed() > DOWN_TIMEOUT {
+            anyhow::bail!(
+                "the daemon was asked to stop but still answers after {} s",
+                DOWN_TIMEOUT.as_secs()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    if !api.json {
+        println!("lanrage: stopped");
+    }
+    Ok(())
+}
+
+pub fn ping(args: &PingArgs) -> Result<()> {
+    let peers = Client::new(args.api.api).peers()?;
+    let peer = peers
+        .iter()
+        .find(|p| p.name == args.peer || p.virtual_ip.to_string() == args.peer)
+        .ok_or_else(|| {
+            let names: Vec<&str> = peers.iter().map(|p| p.name.as_str()).collect();
+            anyhow::anyhow!(
+                "no member {:?} in the party (members: {})",
+                args.peer,
+                if names.is_empty() {
+                    "none".to_owned()
+                } else {
+                    names.join(", ")
+                }
+            )
+        })?;
+    let endpoint = peer
+        .endpoint
+        .map_or_else(|| "no endpoint yet".into(), |e| e.to_string());
+    let probe = peer
+        .rtt_ms
+        .map_or_else(String::new, |ms| format!(", probes say {ms:.1} ms"));
+    println!(
+        "{} ({}): {} path via {endpoint}{probe}",
+        peer.name, peer.virtual_ip, peer.path
+    );
+    let status = std::process::Command::new("ping")
+        .args(["-n", "-i", "0.2", "-c", &args.count.max(1).to_string()])
+        .arg(peer.virtual_ip.to_string())
+        .status()
+        .map_err(|e| anyhow::anyhow!("cannot run ping (package iputils-ping): {e}"))?;
+    if !status.success() {
+        anyhow::bail!("{} did not answer every ping", peer.name);
+    }
+    Ok(())
+}
+
 pub fn status(api: &ApiArgs) -> Result<()> {
     let status = Client::new(api.api).status()?;
     if api.json {

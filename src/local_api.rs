@@ -9,6 +9,8 @@
 //! - `POST /party/create` [`CreateRequest`] → the party (control server's `PartyJson`)
 //! - `POST /party/join` [`JoinRequest`] → the party
 //! - `POST /party/leave` → 204
+//! - `POST /api/shutdown` → 204: the daemon stops (removing its interface and rules)
+//! - `GET /metrics` → Prometheus's text format
 //! - `GET /api/settings` → [`SettingsReport`]: every setting, its value and where it comes from
 //! - `PUT /api/settings/KEY` [`SettingChange`] → [`SettingInfo`]; `DELETE` resets it
 //! - `GET /api/configurations` → the saved configurations
@@ -313,6 +315,12 @@ impl Client {
 
     pub fn leave(&self) -> Result<()> {
         self.post::<(), serde_json::Value>("/party/leave", None)
+            .map(drop)
+    }
+
+    /// Asks the daemon to stop; it answers before it goes.
+    pub fn shutdown(&self) -> Result<()> {
+        self.post::<(), serde_json::Value>("/api/shutdown", None)
             .map(drop)
     }
 

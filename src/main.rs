@@ -30,8 +30,14 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Start the daemon: interface, engine, party membership, local API.
     Up(daemon::UpArgs),
+    /// Stop the daemon: it leaves no interface, route or rule behind (its party and key stay
+    /// for the next `lanrage up`).
+    Down(cli::ApiArgs),
     /// What the daemon is doing: interface, party, peers.
     Status(cli::ApiArgs),
+    /// Ping a member (by name or virtual IP) through the tunnel, after saying which path
+    /// its traffic takes.
+    Ping(cli::PingArgs),
     /// Create, join or leave a party.
     Party {
         #[command(subcommand)]
@@ -67,7 +73,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Demo(args) => demo::run(args),
         Command::Up(args) => daemon::run(args),
+        Command::Down(api) => cli::down(&api),
         Command::Status(api) => cli::status(&api),
+        Command::Ping(args) => cli::ping(&args),
         Command::Party { command, api } => cli::party(&api, &command),
         Command::Peers(api) => cli::peers(&api),
         Command::Games(args) => cli::games(&args),

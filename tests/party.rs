@@ -1355,4 +1355,29 @@ fn settings_change_live_or_at_restart_and_survive_a_damaged_database() {
     assert_eq!(report["configuration"], "tournament", "{report}");
     assert_eq!(pending(&report, "listen_port"), Some(Value::Bool(false)));
     assert_eq!(report["problems"], serde_json::json!([]), "{report}");
+
+    // `lanrage ping` names the path and pings through the tunnel; `lanrage down` stops the
+    // daemon, which takes its interface and rules with it.
+    lab.wait_for_peers(&a, 1, PING_TIMEOUT);
+    wait_for("a path to player2 again", PING_TIMEOUT, || {
+        lab.cli(&a, &["peers", "--json"])[0]["path"] == "direct"
+    });
+    let text = lab.cli_text(&a, &["ping", "player2", "-c", "2"]);
+    assert!(
+        text.contains("direct path via") && text.contains("2 received"),
+        "{text}"
+    );
+    let (ok, _, err) = lab.cli_status(&a, &["ping", "nobody"]);
+    assert!(!ok && err.contains("no member \"nobody\""), "{err}");
+    let text = lab.cli_text(&a, &["down"]);
+    assert!(text.contains("stopped"), "{text}");
+    let exited = lab.daemons[0].wait().expect("wait for the daemon");
+    assert!(exited.success(), "the daemon exited with {exited}");
+    let link = Command::new("ip")
+        .args(["netns", "exec", &a, "ip", "link", "show", "lr0"])
+        .output()
+        .expect("ip runs");
+    assert!(!link.status.success(), "lr0 outlived its daemon");
+    let rules = lab.in_ns(&a, &["ip", "rule", "show"]);
+    assert!(!String::from_utf8_lossy(&rules.stdout).contains("ipproto udp dport"));
 }

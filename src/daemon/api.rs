@@ -57,6 +57,7 @@ pub fn spawn(addr: SocketAddr, requests: Requests) -> Result<std::thread::JoinHa
                     .route("/party/join", post(join))
                     .route("/party/leave", post(leave))
                     .route("/metrics", get(metrics))
+                    .route("/api/shutdown", post(shutdown))
                     .route("/api/settings", get(settings))
                     .route(
                         "/api/settings/{key}",
@@ -275,4 +276,8 @@ async fn metrics(State(requests): State<Requests>) -> Response {
             "the daemon is shutting down",
         ),
     }
+}
+
+async fn shutdown(State(requests): State<Requests>) -> Response {
+    ask(&requests, ControlRequest::Shutdown, StatusCode::NO_CONTENT).await
 }

@@ -84,6 +84,8 @@ pub enum Request {
     DeleteConfiguration(String, Reply<()>),
     /// The `/metrics` exposition.
     Metrics(Reply<String>),
+    /// `lanrage down`: answered, then the control thread ends and the daemon with it.
+    Shutdown(Reply<()>),
 }
 
 pub struct ControlThread {
@@ -255,6 +257,11 @@ impl ControlThread {
                 .min(IDLE_WAKE);
             select! {
                 recv(requests) -> request => match request {
+                    Ok(Request::Shutdown(reply)) => {
+                        tracing::info!("asked to stop (lanrage down)");
+                        let _ = reply.send(Ok(()));
+                        break;
+                    }
                     Ok(request) => state.answer(request),
                     Err(_) => break,
                 },
@@ -818,6 +825,10 @@ impl State {
             }
             Request::Metrics(reply) => {
                 let _ = reply.send(Ok(self.render_metrics()));
+            }
+            // Handled by the loop, which ends on it.
+            Request::Shutdown(reply) => {
+                let _ = reply.send(Ok(()));
             }
         }
     }
