@@ -11,6 +11,7 @@
 //! - `POST /party/leave` → 204
 //! - `POST /api/shutdown` → 204: the daemon stops (removing its interface and rules)
 //! - `GET /metrics` → Prometheus's text format
+//! - `GET /api/discord` → what the Discord thread does (webhook, bot, Rich Presence)
 //! - `GET /api/settings` → [`SettingsReport`]: every setting, its value and where it comes from
 //! - `PUT /api/settings/KEY` [`SettingChange`] → [`SettingInfo`]; `DELETE` resets it
 //! - `GET /api/configurations` → the saved configurations

@@ -1316,6 +1316,30 @@ fn settings_change_live_or_at_restart_and_survive_a_damaged_database() {
     let link = run(&["ip", "netns", "exec", &a, "ip", "-o", "link", "show", "lr0"]);
     assert!(String::from_utf8_lossy(&link.stdout).contains(" mtu 1400 "));
 
+    // Secrets are set, never shown: not in the settings, the API or the log.
+    const SECRET: &str = "https://discord.com/api/webhooks/1/hunter2";
+    lab.cli(&a, &["config", "set", "discord_webhook", SECRET, "--json"]);
+    let report = lab.cli(&a, &["config", "list", "--json"]);
+    assert!(!report.to_string().contains("hunter2"), "{report}");
+    let webhook = report["settings"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["key"] == "discord_webhook"))
+        .map(|s| s["value"].clone());
+    assert_eq!(webhook, Some(Value::from("(set)")));
+    let out = run(&[
+        "ip",
+        "netns",
+        "exec",
+        &a,
+        "curl",
+        "-sS",
+        "http://127.0.0.1:8666/api/discord",
+    ]);
+    let discord: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    assert_eq!(discord["webhook"], true, "{discord}");
+    lab.cli(&a, &["config", "reset", "discord_webhook", "--json"]);
+    assert!(!lab.logs().contains("hunter2"), "a secret reached the log");
+
     // Refused, with the reason, and nothing changes.
     let (ok, _, err) = lab.cli_status(&a, &["config", "set", "mtu", "9000"]);
     assert!(!ok && err.contains("9000 is outside 1280..=1500"), "{err}");

@@ -4,6 +4,7 @@
 //! return output, with sockets, clocks and databases left to the caller.
 
 pub mod auth;
+pub mod discord;
 pub mod ipam;
 pub mod nat;
 pub mod party;

@@ -58,6 +58,7 @@ pub fn spawn(addr: SocketAddr, requests: Requests) -> Result<std::thread::JoinHa
                     .route("/party/leave", post(leave))
                     .route("/metrics", get(metrics))
                     .route("/api/shutdown", post(shutdown))
+                    .route("/api/discord", get(discord))
                     .route("/api/settings", get(settings))
                     .route(
                         "/api/settings/{key}",
@@ -280,4 +281,8 @@ async fn metrics(State(requests): State<Requests>) -> Response {
 
 async fn shutdown(State(requests): State<Requests>) -> Response {
     ask(&requests, ControlRequest::Shutdown, StatusCode::NO_CONTENT).await
+}
+
+async fn discord(State(requests): State<Requests>) -> Response {
+    ask(&requests, ControlRequest::Discord, StatusCode::OK).await
 }

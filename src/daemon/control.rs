@@ -30,6 +30,7 @@ use lanrage_engine::{
 };
 
 use super::broadcast_capture::{self, BroadcastCapture, CapturePlan};
+use super::discord::{Discord, DiscordConfig, DiscordStatus};
 use super::games::{GameScan, RunningGame};
 use super::local_link::LocalLink;
 use super::metrics::{Metrics, PeerLabels, PeerSample, Sample};
@@ -43,12 +44,16 @@ use crate::local_api::{
     GameSummary, HostRequest, NatSummary, PartySummary, PeerInfo, RelaySummary, ServerInfo,
     SettingInfo, SettingsReport, Status,
 };
+use lanrage_control::discord::PartyEvent;
+use lanrage_control::discord::ipc::Activity;
 use lanrage_control::settings::Settings;
 use lanrage_control::settings::store::ConfigurationSummary;
 use lanrage_games::a2s;
 use lanrage_games::profile::ServerQuery;
 use lanrage_games::tuning::Tuning;
 
+/// Members already there when we join arrive in the first moments: not news for Discord.
+const PARTY_SETTLING: Duration = Duration::from_secs(5);
 /// How often the multicast groups this host listens to are looked at: a game that joins one
 /// is announced to the party within this and a round trip (until then the others send it
 /// what they sent before).
@@ -84,6 +89,7 @@ pub enum Request {
     DeleteConfiguration(String, Reply<()>),
     /// The `/metrics` exposition.
     Metrics(Reply<String>),
+    Discord(Reply<DiscordStatus>),
     /// `lanrage down`: answered, then the control thread ends and the daemon with it.
     Shutdown(Reply<()>),
 }
@@ -122,6 +128,8 @@ pub struct ControlThread {
     pub settings: SettingsBook,
     /// Whether relays may carry traffic to peers no direct path reaches.
     pub relays: bool,
+    /// Party events to a Discord channel, and Rich Presence.
+    pub discord: Discord,
 }
 
 struct State {
@@ -167,6 +175,11 @@ struct State {
     groups_unreadable: bool,
     /// Each member's multicast groups as last given to the engine.
     groups_told: HashMap<PeerId, Option<Vec<Ipv4Addr>>>,
+    /// Members by name, to say who joined and left; since when we are in the party (joins in
+    /// the first moments are the party as we found it, not news), and what Discord shows.
+    member_names: HashMap<PeerId, String>,
+    in_party_since: Option<(Instant, u64)>,
+    activity: Option<Activity>,
     metrics: Metrics,
     /// The labels each member's series carry, kept to end them when it leaves.
     metric_labels: HashMap<PeerId, PeerLabels>,
@@ -212,6 +225,9 @@ impl ControlThread {
             next_groups_check: Instant::now(),
             groups_unreadable: false,
             groups_told: HashMap::new(),
+            member_names: HashMap::new(),
+            in_party_since: None,
+            activity: None,
             metrics: Metrics::default(),
             metric_labels: HashMap::new(),
         };
@@ -328,6 +344,7 @@ impl ControlThread {
             state.relay_timers();
             state.path_timers();
             state.server_timers();
+            state.update_presence();
         }
         if let Some((mut party, link)) = state.local.take() {
             link.send(&party.leave());
@@ -619,6 +636,8 @@ impl State {
                         tracing::warn!("engine stopped; LAN broadcasts not set up");
                     }
                     self.virtual_ip = Some(address);
+                    self.in_party_since
+                        .get_or_insert((Instant::now(), unix_micros() / 1_000_000));
                     self.update_capture();
                     self.join_tunnel_groups();
                     self.open_server_link();
@@ -629,6 +648,8 @@ impl State {
                     }
                     let _ = self.cfg.engine.set_lan(None);
                     self.virtual_ip = None;
+                    self.in_party_since = None;
+                    self.member_names.clear();
                     self.update_capture();
                     self.cfg.tunnel_groups.leave();
                     self.server_link = None;
@@ -640,6 +661,7 @@ impl State {
                     endpoints,
                 } => {
                     let now = Instant::now();
+                    self.member_joined(peer, now);
                     if !self.candidates.contains_key(&peer) && self.cfg.client.is_some() {
                         // A new member: grants for it come with a fresh fetch.
                         self.next_grants = Some(now);
@@ -665,6 +687,9 @@ impl State {
                 }
                 Action::RemovePeer(peer) => {
                     self.groups_told.remove(&peer);
+                    if let Some(member) = self.member_names.remove(&peer) {
+                        self.cfg.discord.event(PartyEvent::Left { member });
+                    }
                     if let Some(labels) = self.metric_labels.remove(&peer) {
                         self.metrics.forget(&labels);
                     }
@@ -755,6 +780,11 @@ impl State {
                     Ok(()) => self.local_join(PartyCode::from_bytes(bytes)),
                     Err(e) => Err((500, format!("no random numbers: {e}"))),
                 };
+                if let Ok(party) = &result {
+                    self.cfg.discord.event(PartyEvent::Created {
+                        party: party.name.clone(),
+                    });
+                }
                 let _ = reply.send(result);
             }
             Request::Join(code, reply) if self.cfg.client.is_none() => {
@@ -775,7 +805,13 @@ impl State {
             Request::Create(name, reply) => {
                 let member_name = self.cfg.member_name.clone();
                 let result = self.with_client(|c| c.create(&name, &member_name));
-                let _ = reply.send(self.joined(result));
+                let result = self.joined(result);
+                if let Ok(party) = &result {
+                    self.cfg.discord.event(PartyEvent::Created {
+                        party: party.name.clone(),
+                    });
+                }
+                let _ = reply.send(result);
             }
             Request::Join(code, reply) => {
                 let member_name = self.cfg.member_name.clone();
@@ -798,12 +834,12 @@ impl State {
                 if let Ok(info) = &result {
                     tracing::info!(setting = %key, value = %info.value, applies = ?info.applies, "setting changed");
                 }
-                self.retune();
+                self.settings_changed();
                 let _ = reply.send(result);
             }
             Request::ResetSetting(key, reply) => {
                 let result = self.cfg.settings.reset(&key);
-                self.retune();
+                self.settings_changed();
                 let _ = reply.send(result);
             }
             Request::Configurations(reply) => {
@@ -817,7 +853,7 @@ impl State {
                 if result.is_ok() {
                     tracing::info!(configuration = %name, "configuration activated");
                 }
-                self.retune();
+                self.settings_changed();
                 let _ = reply.send(result);
             }
             Request::DeleteConfiguration(name, reply) => {
@@ -825,6 +861,9 @@ impl State {
             }
             Request::Metrics(reply) => {
                 let _ = reply.send(Ok(self.render_metrics()));
+            }
+            Request::Discord(reply) => {
+                let _ = reply.send(Ok(self.cfg.discord.status()));
             }
             // Handled by the loop, which ends on it.
             Request::Shutdown(reply) => {
@@ -1143,6 +1182,47 @@ impl State {
         }
     }
 
+    /// Notes a member's name; says it joined unless it was there when we came.
+    fn member_joined(&mut self, peer: PeerId, now: Instant) {
+        if self.member_names.contains_key(&peer) {
+            return;
+        }
+        let Some(member) = self
+            .membership
+            .party()
+            .and_then(|p| p.members.iter().find(|m| m.peer == peer))
+        else {
+            return;
+        };
+        let name = member.name.clone();
+        self.member_names.insert(peer, name.clone());
+        let settled = self
+            .in_party_since
+            .is_some_and(|(since, _)| now.saturating_duration_since(since) > PARTY_SETTLING);
+        if settled {
+            self.cfg.discord.event(PartyEvent::Joined { member: name });
+        }
+    }
+
+    /// Tells Discord what to show when the party or the game changes.
+    fn update_presence(&mut self) {
+        let activity =
+            self.membership
+                .party()
+                .zip(self.in_party_since)
+                .map(|(party, (_, since))| Activity {
+                    party: party.name.clone(),
+                    party_id: format!("lanrage-{}", party.code),
+                    members: party.members.len() as u32,
+                    game: self.games.first().map(|g| g.detected.name.clone()),
+                    since_unix: since,
+                });
+        if activity != self.activity {
+            self.cfg.discord.activity(activity.clone());
+            self.activity = activity;
+        }
+    }
+
     /// The labels of `peer`'s series: its name and virtual IP while it is a member.
     fn metric_labels(&mut self, peer: PeerId) -> Option<PeerLabels> {
         let member = self
@@ -1300,8 +1380,27 @@ impl State {
         }
     }
 
+    /// Applies the settings that apply at once.
+    fn settings_changed(&mut self) {
+        self.retune();
+        let settings = self.cfg.settings.effective();
+        self.cfg
+            .discord
+            .configure(DiscordConfig::from_settings(&settings));
+    }
+
     fn games_scanned(&mut self, scan: GameScan) {
         self.game_scan = Some(scan.took);
+        if self.virtual_ip.is_some() {
+            for game in &scan.running {
+                if !self.games.iter().any(|g| g.detected.id == game.detected.id) {
+                    self.cfg.discord.event(PartyEvent::GameStarted {
+                        member: self.cfg.member_name.clone(),
+                        game: game.detected.name.clone(),
+                    });
+                }
+            }
+        }
         self.games = scan.running;
         self.update_capture();
         self.retune();

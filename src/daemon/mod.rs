@@ -6,6 +6,7 @@
 mod api;
 mod broadcast_capture;
 mod control;
+mod discord;
 mod games;
 mod key;
 pub(crate) mod lan;
@@ -222,6 +223,8 @@ pub fn run(args: UpArgs) -> Result<()> {
             .as_deref()
             .map(|url| ServerClient::new(url, secret, me)),
         relays: settings.relays != "off",
+        discord: discord::Discord::start(discord::DiscordConfig::from_settings(&settings))
+            .context("cannot start the Discord thread")?,
         settings: settings_book,
     };
     let (shutdown_tx, shutdown_rx) = crossbeam_channel::bounded::<()>(0);

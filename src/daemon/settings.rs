@@ -18,6 +18,9 @@ use crate::local_api::{SettingInfo, SettingsReport};
 /// The file in the data directory.
 pub const FILE: &str = "settings.db";
 
+/// What a secret setting (a token, a webhook URL) shows instead of its value.
+pub const SECRET_SET: &str = "(set)";
+
 /// An error for the local API: HTTP status and message.
 pub type ApiError = (u16, String);
 
@@ -124,12 +127,15 @@ impl SettingsBook {
 
     fn info(&self, key: &str, effective: &Settings) -> SettingInfo {
         let spec = settings::spec(key).expect("keys come from SPECS");
-        let value = effective.get(key).unwrap_or_else(|_| spec.default_value());
+        let mut value = effective.get(key).unwrap_or_else(|_| spec.default_value());
         let restart_pending = spec.applies == Applies::AtRestart
             && self
                 .running
                 .as_ref()
                 .is_some_and(|running| running.get(key).ok().as_ref() != Some(&value));
+        if spec.secret && value.as_str().is_some_and(|v| !v.is_empty()) {
+            value = Value::from(SECRET_SET);
+        }
         SettingInfo {
             key: key.to_owned(),
             value,

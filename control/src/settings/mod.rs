@@ -47,6 +47,8 @@ pub struct Spec {
     pub key: &'static str,
     pub help: &'static str,
     pub applies: Applies,
+    /// Shown only as set or not, never its value (a token, a webhook URL).
+    pub secret: bool,
     kind: Kind,
     default: fn() -> Value,
 }
@@ -64,6 +66,7 @@ pub const SPECS: &[Spec] = &[
         key: "server",
         help: "control server URL; empty: local parties, found by multicast on this LAN",
         applies: Applies::AtRestart,
+        secret: false,
         kind: Kind::Text(check_server_url),
         default: || Value::from(""),
     },
@@ -71,6 +74,7 @@ pub const SPECS: &[Spec] = &[
         key: "interface",
         help: "name of the tunnel interface",
         applies: Applies::AtRestart,
+        secret: false,
         kind: Kind::Text(check_interface_name),
         default: || Value::from("lanrage0"),
     },
@@ -78,6 +82,7 @@ pub const SPECS: &[Spec] = &[
         key: "name",
         help: "name the other players see; empty: this machine's hostname",
         applies: Applies::AtRestart,
+        secret: false,
         kind: Kind::Text(check_member_name),
         default: || Value::from(""),
     },
@@ -85,6 +90,7 @@ pub const SPECS: &[Spec] = &[
         key: "listen_port",
         help: "WireGuard UDP port; 0: any free port",
         applies: Applies::AtRestart,
+        secret: false,
         kind: Kind::Integer { min: 0, max: 65535 },
         default: || Value::from(0),
     },
@@ -92,6 +98,7 @@ pub const SPECS: &[Spec] = &[
         key: "api_port",
         help: "port of the local API and web UI on 127.0.0.1",
         applies: Applies::AtRestart,
+        secret: false,
         kind: Kind::Integer { min: 1, max: 65535 },
         default: || Value::from(8666),
     },
@@ -99,6 +106,7 @@ pub const SPECS: &[Spec] = &[
         key: "keepalive",
         help: "WireGuard persistent keepalive toward members, seconds (a running game may ask for less); 0: off",
         applies: Applies::Now,
+        secret: false,
         kind: Kind::Integer { min: 0, max: 3600 },
         default: || Value::from(25),
     },
@@ -106,6 +114,7 @@ pub const SPECS: &[Spec] = &[
         key: "mtu",
         help: "tunnel MTU (a running game may ask for less)",
         applies: Applies::Now,
+        secret: false,
         kind: Kind::Integer {
             min: 1280,
             max: 1500,
@@ -116,6 +125,7 @@ pub const SPECS: &[Spec] = &[
         key: "relays",
         help: "relays for peers no direct path reaches: auto (the control server's) or off",
         applies: Applies::AtRestart,
+        secret: false,
         kind: Kind::Choice(&["auto", "off"]),
         default: || Value::from("auto"),
     },
@@ -123,6 +133,7 @@ pub const SPECS: &[Spec] = &[
         key: "stun_servers",
         help: "STUN servers (HOST:PORT) for the NAT check; empty: no check",
         applies: Applies::AtRestart,
+        secret: false,
         kind: Kind::List {
             max_items: 8,
             check: check_host_port,
@@ -133,6 +144,7 @@ pub const SPECS: &[Spec] = &[
         key: "port_mapping",
         help: "ask the router (PCP, NAT-PMP, UPnP IGD) to forward the WireGuard port",
         applies: Applies::AtRestart,
+        secret: false,
         kind: Kind::Bool,
         default: || Value::from(true),
     },
@@ -140,6 +152,7 @@ pub const SPECS: &[Spec] = &[
         key: "game_detection",
         help: "watch for running games and tune the tunnel for them",
         applies: Applies::AtRestart,
+        secret: false,
         kind: Kind::Bool,
         default: || Value::from(true),
     },
@@ -147,6 +160,7 @@ pub const SPECS: &[Spec] = &[
         key: "broadcast_capture",
         help: "send games' broadcasts from unbound sockets into the party (policy rules)",
         applies: Applies::AtRestart,
+        secret: false,
         kind: Kind::Bool,
         default: || Value::from(true),
     },
@@ -154,6 +168,7 @@ pub const SPECS: &[Spec] = &[
         key: "threads",
         help: "engine worker threads; 0: one per core",
         applies: Applies::AtRestart,
+        secret: false,
         kind: Kind::Integer { min: 0, max: 256 },
         default: || Value::from(0),
     },
@@ -161,13 +176,55 @@ pub const SPECS: &[Spec] = &[
         key: "log_level",
         help: "least severe log level written",
         applies: Applies::AtRestart,
+        secret: false,
         kind: Kind::Choice(&["error", "warn", "info", "debug", "trace"]),
         default: || Value::from("info"),
+    },
+    Spec {
+        key: "discord_webhook",
+        help: "Discord webhook URL the party's events are posted to; empty: none",
+        applies: Applies::Now,
+        secret: true,
+        kind: Kind::Text(check_optional_url),
+        default: || Value::from(""),
+    },
+    Spec {
+        key: "discord_bot_token",
+        help: "Discord bot token, to post the party's events to discord_channel; empty: none",
+        applies: Applies::Now,
+        secret: true,
+        kind: Kind::Text(check_token),
+        default: || Value::from(""),
+    },
+    Spec {
+        key: "discord_channel",
+        help: "Discord channel id the bot posts to",
+        applies: Applies::Now,
+        secret: false,
+        kind: Kind::Text(check_snowflake),
+        default: || Value::from(""),
+    },
+    Spec {
+        key: "discord_api",
+        help: "Discord's REST API, for the bot",
+        applies: Applies::Now,
+        secret: false,
+        kind: Kind::Text(check_required_url),
+        default: || Value::from("https://discord.com/api/v10"),
+    },
+    Spec {
+        key: "discord_app_id",
+        help: "Discord application id for Rich Presence (party and game on your profile); empty: off",
+        applies: Applies::Now,
+        secret: false,
+        kind: Kind::Text(check_snowflake),
+        default: || Value::from(""),
     },
     Spec {
         key: "log_file",
         help: "also append logs to this file (absolute path); empty: standard error only",
         applies: Applies::AtRestart,
+        secret: false,
         kind: Kind::Text(check_log_file),
         default: || Value::from(""),
     },
@@ -298,6 +355,11 @@ pub struct Settings {
     pub game_detection: bool,
     pub broadcast_capture: bool,
     pub threads: u16,
+    pub discord_webhook: String,
+    pub discord_bot_token: String,
+    pub discord_channel: String,
+    pub discord_api: String,
+    pub discord_app_id: String,
     pub log_level: String,
     pub log_file: String,
 }
@@ -361,9 +423,17 @@ pub fn check_stored(
 }
 
 fn check_server_url(url: &str) -> Result<(), String> {
+    check_optional_url(url)
+}
+
+fn check_optional_url(url: &str) -> Result<(), String> {
     if url.is_empty() {
         return Ok(());
     }
+    check_required_url(url)
+}
+
+fn check_required_url(url: &str) -> Result<(), String> {
     let rest = url
         .strip_prefix("http://")
         .or_else(|| url.strip_prefix("https://"))
@@ -417,6 +487,23 @@ fn check_host_port(item: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("{item:?} is not HOST:PORT"))
+    }
+}
+
+/// Discord ids ("snowflakes") are decimal numbers.
+fn check_snowflake(id: &str) -> Result<(), String> {
+    if id.is_empty() || (id.len() <= 20 && id.bytes().all(|b| b.is_ascii_digit())) {
+        Ok(())
+    } else {
+        Err("a Discord id is a number of up to 20 digits".into())
+    }
+}
+
+fn check_token(token: &str) -> Result<(), String> {
+    if token.len() <= 128 && token.chars().all(|c| c.is_ascii_graphic()) {
+        Ok(())
+    } else {
+        Err("not a bot token (up to 128 printable characters, no spaces)".into())
     }
 }
 
