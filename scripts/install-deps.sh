@@ -44,6 +44,8 @@ PACKAGES=(
     curl              # asks the Prometheus server's API in tests
     prometheus        # scrapes the daemon's /metrics in tests
     systemd           # systemd-analyze: checks the service unit in dist/systemd
+    chromium          # the web UI test's browser (headless)
+    chromium-driver   # chromedriver: WebDriver for that test
     jq                # JSON from iperf3 and bench results
     bc                # arithmetic in the scripts
     procps            # sysctl, ps, pgrep

@@ -12,6 +12,8 @@
 //! - `POST /api/shutdown` → 204: the daemon stops (removing its interface and rules)
 //! - `GET /metrics` → Prometheus's text format
 //! - `GET /api/discord` → what the Discord thread does (webhook, bot, Rich Presence)
+//! - `GET /api/history` → each member's traffic and round trip, a sample a second, 5 minutes
+//! - `GET /` → the web UI (`/ui/app.js`, `/ui/style.css`)
 //! - `GET /api/settings` → [`SettingsReport`]: every setting, its value and where it comes from
 //! - `PUT /api/settings/KEY` [`SettingChange`] → [`SettingInfo`]; `DELETE` resets it
 //! - `GET /api/configurations` → the saved configurations
@@ -215,6 +217,9 @@ pub struct SettingInfo {
     /// A command-line flag of this run sets it, over the database.
     #[serde(default)]
     pub from_flag: bool,
+    /// Its value is never shown: `value` says `(set)` or is empty.
+    #[serde(default)]
+    pub secret: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

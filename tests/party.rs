@@ -1405,3 +1405,230 @@ fn settings_change_live_or_at_restart_and_survive_a_damaged_database() {
     let rules = lab.in_ns(&a, &["ip", "rule", "show"]);
     assert!(!String::from_utf8_lossy(&rules.stdout).contains("ipproto udp dport"));
 }
+
+/// A headless Chromium (Debian's `chromium`) driven over WebDriver (`chromedriver`, package
+/// chromium-driver), both in a member's namespace, where the daemon's API is on loopback;
+/// the WebDriver calls are made with curl there too.
+struct Browser {
+    ns: String,
+    session: String,
+    driver: Child,
+}
+
+const WEBDRIVER: &str = "http://127.0.0.1:9515";
+
+impl Browser {
+    fn start(lab: &Lab, ns: &str) -> Browser {
+        let driver = Command::new("ip")
+            .args(["netns", "exec", ns, "chromedriver", "--port=9515"])
+            .stdout(Stdio::null())
+            .stderr(log(&lab.dir, &format!("chromedriver-{ns}")))
+            .spawn()
+            .expect("cannot start chromedriver (package chromium-driver)");
+        let mut browser = Browser {
+            ns: ns.to_owned(),
+            session: String::new(),
+            driver,
+        };
+        wait_for("chromedriver to be ready", Duration::from_secs(10), || {
+            browser.request("GET", "/status", None)["value"]["ready"] == true
+        });
+        let profile = lab.dir.join(format!("chromium-{ns}"));
+        let args = [
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            &format!("--user-data-dir={}", profile.display()),
+        ];
+        let created = browser.request(
+            "POST",
+            "/session",
+            Some(serde_json::json!({
+                "capabilities": {"alwaysMatch": {"goog:chromeOptions": {
+                    "binary": "/usr/bin/chromium", "args": args
+                }}}
+            })),
+        );
+        browser.session = created["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no WebDriver session: {created}"))
+            .to_owned();
+        browser
+    }
+
+    fn request(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.ns, "curl", "-sS", "--max-time", "30"]);
+        command.args(["-X", method, &format!("{WEBDRIVER}{path}")]);
+        if let Some(body) = body {
+            command.args([
+                "-H",
+                "Content-Type: application/json",
+                "-d",
+                &body.to_string(),
+            ]);
+        }
+        let out = command.output().expect("cannot run curl (package curl)");
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    }
+
+    fn call(&self, method: &str, path: &str, body: Value) -> Value {
+        let answer = self.request(
+            method,
+            &format!("/session/{}{path}", self.session),
+            Some(body),
+        );
+        assert!(
+            answer["value"]["error"].is_null(),
+            "WebDriver {method} {path}: {answer}"
+        );
+        answer["value"].clone()
+    }
+
+    fn goto(&self, url: &str) {
+        self.call("POST", "/url", serde_json::json!({ "url": url }));
+    }
+
+    fn script(&self, js: &str) -> Value {
+        self.call(
+            "POST",
+            "/execute/sync",
+            serde_json::json!({ "script": js, "args": [] }),
+        )
+    }
+
+    fn element(&self, css: &str) -> String {
+        let found = self.call(
+            "POST",
+            "/element",
+            serde_json::json!({ "using": "css selector", "value": css }),
+        );
+        found["element-6066-11e4-a52e-4f735466cecf"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no element {css}: {found}"))
+            .to_owned()
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        if !self.session.is_empty() {
+            self.request("DELETE", &format!("/session/{}", self.session), None);
+        }
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+/// The web UI in headless Chromium: the dashboard shows the real party's other member with
+/// its path and a throughput line; a setting typed into the settings page and saved reaches
+/// the daemon (and shows after a reload); a request from another origin is refused.
+#[test]
+fn the_web_ui_shows_the_party_and_changes_a_setting() {
+    let mut lab = Lab::new(2);
+    lab.start_daemons(true);
+    let a = lab.members[0].clone();
+    lab.form_party();
+    lab.all_ping_each_other();
+
+    let forged = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &a,
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ])
+        .args(["-X", "PUT", "-H", "Origin: http://evil.example", "-H"])
+        .args(["Content-Type: application/json", "-d", r#"{"value": 5}"#])
+        .arg("http://127.0.0.1:8666/api/settings/keepalive")
+        .output()
+        .expect("curl runs");
+    assert_eq!(String::from_utf8_lossy(&forged.stdout), "403");
+
+    let browser = Browser::start(&lab, &a);
+    browser.goto("http://127.0.0.1:8666/");
+    wait_for(
+        "the dashboard to show player2",
+        Duration::from_secs(15),
+        || {
+            let peers = browser.script("return document.querySelector('#peers tbody').innerText");
+            peers
+                .as_str()
+                .is_some_and(|t| t.contains("player2") && t.contains("direct"))
+        },
+    );
+    wait_for(
+        "a throughput line for player2",
+        Duration::from_secs(10),
+        || {
+            browser.script("return document.querySelectorAll('#throughput polyline').length") == 1
+                && browser
+                    .script("return document.querySelector('#legend').innerText")
+                    .as_str()
+                    .is_some_and(|t| t.contains("player2"))
+        },
+    );
+    assert_eq!(
+        browser.script("return document.querySelector('#connection').textContent"),
+        "connected"
+    );
+
+    browser.goto("http://127.0.0.1:8666/#settings");
+    wait_for("the settings page", Duration::from_secs(10), || {
+        browser.script("return !!document.querySelector('#setting-keepalive')") == true
+    });
+    let input = browser.element("#setting-keepalive");
+    browser.call(
+        "POST",
+        &format!("/element/{input}/clear"),
+        serde_json::json!({}),
+    );
+    browser.call(
+        "POST",
+        &format!("/element/{input}/value"),
+        serde_json::json!({ "text": "17" }),
+    );
+    let save = browser.element("#save-keepalive");
+    browser.call(
+        "POST",
+        &format!("/element/{save}/click"),
+        serde_json::json!({}),
+    );
+    wait_for(
+        "the page to confirm the change",
+        Duration::from_secs(5),
+        || {
+            browser
+                .script("return document.querySelector('#settings-message').textContent")
+                .as_str()
+                .is_some_and(|t| t == "keepalive = 17 (applied now)")
+        },
+    );
+    assert_eq!(lab.cli(&a, &["status", "--json"])["keepalive_secs"], 17);
+    assert_eq!(
+        lab.cli_text(&a, &["config", "get", "keepalive"]).trim(),
+        "17"
+    );
+    browser.goto("about:blank");
+    browser.goto("http://127.0.0.1:8666/#settings");
+    wait_for(
+        "the saved value after a reload",
+        Duration::from_secs(10),
+        || {
+            browser.script(
+                "const i = document.querySelector('#setting-keepalive'); return i && i.value",
+            ) == "17"
+        },
+    );
+}

@@ -59,6 +59,19 @@ pub fn spawn(addr: SocketAddr, requests: Requests) -> Result<std::thread::JoinHa
                     .route("/metrics", get(metrics))
                     .route("/api/shutdown", post(shutdown))
                     .route("/api/discord", get(discord))
+                    .route("/api/history", get(history))
+                    .route(
+                        "/",
+                        get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }),
+                    )
+                    .route(
+                        "/ui/app.js",
+                        get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }),
+                    )
+                    .route(
+                        "/ui/style.css",
+                        get(|| async { asset("text/css; charset=utf-8", STYLE_CSS) }),
+                    )
                     .route("/api/settings", get(settings))
                     .route(
                         "/api/settings/{key}",
@@ -86,14 +99,31 @@ pub fn spawn(addr: SocketAddr, requests: Requests) -> Result<std::thread::JoinHa
     Ok(thread)
 }
 
-/// Refuses requests whose Host is not a loopback name: a web page cannot reach the API by
-/// pointing its own domain at 127.0.0.1 (DNS rebinding).
-async fn local_only(request: Request, next: Next) -> Response {
-    let host = request
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("");
+/// The web UI, built into the binary (`web/`).
+const INDEX_HTML: &str = include_str!("web/index.html");
+const APP_JS: &str = include_str!("web/app.js");
+const STYLE_CSS: &str = include_str!("web/style.css");
+
+/// A web UI file, with headers that keep other pages from framing or scripting it.
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; frame-ancestors 'none'",
+            ),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::X_FRAME_OPTIONS, "DENY"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// Whether `host` (a Host header, or an origin's host and port) names this machine's loopback.
+fn is_loopback_host(host: &str) -> bool {
     let name = host.rsplit_once(':').map_or(host, |(name, port)| {
         if port.chars().all(|c| c.is_ascii_digit()) {
             name
@@ -101,7 +131,32 @@ async fn local_only(request: Request, next: Next) -> Response {
             host
         }
     });
-    if matches!(name, "127.0.0.1" | "localhost" | "[::1]") {
+    matches!(name, "127.0.0.1" | "localhost" | "[::1]")
+}
+
+/// Refuses requests whose Host is not a loopback name (a web page cannot reach the API by
+/// pointing its own domain at 127.0.0.1: DNS rebinding), and requests a page from anywhere
+/// else sends (its Origin is not this one): only the web UI and local programs get in.
+async fn local_only(request: Request, next: Next) -> Response {
+    let origin_ok = match request.headers().get(header::ORIGIN) {
+        None => true,
+        Some(origin) => origin
+            .to_str()
+            .ok()
+            .is_some_and(|origin| origin.strip_prefix("http://").is_some_and(is_loopback_host)),
+    };
+    if !origin_ok {
+        return error_response(
+            StatusCode::FORBIDDEN,
+            "the local API answers only to pages it serves itself",
+        );
+    }
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    if is_loopback_host(host) {
         next.run(request).await
     } else {
         error_response(
@@ -285,4 +340,8 @@ async fn shutdown(State(requests): State<Requests>) -> Response {
 
 async fn discord(State(requests): State<Requests>) -> Response {
     ask(&requests, ControlRequest::Discord, StatusCode::OK).await
+}
+
+async fn history(State(requests): State<Requests>) -> Response {
+    ask(&requests, ControlRequest::History, StatusCode::OK).await
 }

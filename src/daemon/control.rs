@@ -32,6 +32,7 @@ use lanrage_engine::{
 use super::broadcast_capture::{self, BroadcastCapture, CapturePlan};
 use super::discord::{Discord, DiscordConfig, DiscordStatus};
 use super::games::{GameScan, RunningGame};
+use super::history::{History, HistoryJson, Reading};
 use super::local_link::LocalLink;
 use super::metrics::{Metrics, PeerLabels, PeerSample, Sample};
 use super::multicast_groups::{self, TunnelGroups};
@@ -90,6 +91,7 @@ pub enum Request {
     /// The `/metrics` exposition.
     Metrics(Reply<String>),
     Discord(Reply<DiscordStatus>),
+    History(Reply<HistoryJson>),
     /// `lanrage down`: answered, then the control thread ends and the daemon with it.
     Shutdown(Reply<()>),
 }
@@ -181,6 +183,7 @@ struct State {
     in_party_since: Option<(Instant, u64)>,
     activity: Option<Activity>,
     metrics: Metrics,
+    history: History,
     /// The labels each member's series carry, kept to end them when it leaves.
     metric_labels: HashMap<PeerId, PeerLabels>,
 }
@@ -229,6 +232,7 @@ impl ControlThread {
             in_party_since: None,
             activity: None,
             metrics: Metrics::default(),
+            history: History::default(),
             metric_labels: HashMap::new(),
         };
         state.load_hosted();
@@ -345,6 +349,7 @@ impl ControlThread {
             state.path_timers();
             state.server_timers();
             state.update_presence();
+            state.record_history();
         }
         if let Some((mut party, link)) = state.local.take() {
             link.send(&party.leave());
@@ -865,6 +870,9 @@ impl State {
             Request::Discord(reply) => {
                 let _ = reply.send(Ok(self.cfg.discord.status()));
             }
+            Request::History(reply) => {
+                let _ = reply.send(Ok(self.history.json()));
+            }
             // Handled by the loop, which ends on it.
             Request::Shutdown(reply) => {
                 let _ = reply.send(Ok(()));
@@ -1202,6 +1210,42 @@ impl State {
         if settled {
             self.cfg.discord.event(PartyEvent::Joined { member: name });
         }
+    }
+
+    /// A sample of every member's traffic for the web UI's graphs, once a second.
+    fn record_history(&mut self) {
+        let now = Instant::now();
+        if !self.history.due(now) {
+            return;
+        }
+        let engine = self.cfg.engine.status().ok();
+        let readings: Vec<Reading> = self
+            .membership
+            .party()
+            .map(|party| {
+                party
+                    .members
+                    .iter()
+                    .filter(|m| m.peer != self.cfg.me)
+                    .map(|m| {
+                        let live = engine
+                            .as_ref()
+                            .and_then(|s| s.peers.iter().find(|p| p.public_key == m.peer.0));
+                        Reading {
+                            name: m.name.clone(),
+                            virtual_ip: m.virtual_ip.to_string(),
+                            rx_bytes: live.map_or(0, |p| p.rx_bytes),
+                            tx_bytes: live.map_or(0, |p| p.tx_bytes),
+                            rtt_ms: self
+                                .paths
+                                .path(&m.peer, now)
+                                .map(|(_, rtt)| rtt.as_secs_f64() * 1e3),
+                        }
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.history.record(now, &readings);
     }
 
     /// Tells Discord what to show when the party or the game changes.

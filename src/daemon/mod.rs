@@ -8,6 +8,7 @@ mod broadcast_capture;
 mod control;
 mod discord;
 mod games;
+mod history;
 mod key;
 pub(crate) mod lan;
 mod link_reader;

@@ -145,6 +145,7 @@ impl SettingsBook {
             help: spec.help.to_owned(),
             restart_pending,
             from_flag: self.overrides.contains_key(key),
+            secret: spec.secret,
         }
     }
 
@@ -157,6 +158,12 @@ impl SettingsBook {
     /// Stores `value` for `key` (checked first).
     pub fn set(&mut self, key: &str, value: &Value) -> Result<SettingInfo, ApiError> {
         let spec = settings::spec(key).map_err(refused)?;
+        if spec.secret && value.as_str() == Some(SECRET_SET) {
+            return Err((
+                400,
+                format!("{key}: {SECRET_SET:?} stands for the hidden value; give the value itself"),
+            ));
+        }
         let value = spec.check(value).map_err(refused)?;
         self.store()?.set(key, &value).map_err(store_error)?;
         self.stored.insert(key.to_owned(), value);
