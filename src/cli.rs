@@ -310,6 +310,7 @@ pub fn party(api: &ApiArgs, command: &PartyCommand) -> Result<()> {
             println!("Share this code with your friends: {}", party.code);
             println!("They join with: lanrage party join {}", party.code);
             print_members(&party);
+            connect_progress(&client);
         }
         PartyCommand::Join { code } => {
             let party = client.join(code)?;
@@ -321,6 +322,7 @@ pub fn party(api: &ApiArgs, command: &PartyCommand) -> Result<()> {
             if party.id == LOCAL_PARTY_ID {
                 println!("(local party: members on this LAN appear as they announce themselves)");
             }
+            connect_progress(&client);
         }
         PartyCommand::Leave => {
             client.leave()?;
@@ -331,6 +333,59 @@ pub fn party(api: &ApiArgs, command: &PartyCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// How long `party create` and `party join` show members connecting.
+const CONNECT_WATCH: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Shows each member as a path to it is found (direct or relayed, and its ping), until all
+/// are connected or [`CONNECT_WATCH`] has passed.
+fn connect_progress(client: &Client) {
+    let started = std::time::Instant::now();
+    let mut shown = std::collections::HashSet::new();
+    let mut said_waiting = false;
+    while started.elapsed() < CONNECT_WATCH {
+        let Ok(peers) = client.peers() else {
+            return;
+        };
+        for p in &peers {
+            if p.path != "searching" && shown.insert(p.virtual_ip) {
+                let ping = p
+                    .rtt_ms
+                    .map_or_else(String::new, |ms| format!(", {ms:.1} ms"));
+                println!(
+                    "  connected to {} ({}): {}{ping}",
+                    p.name, p.virtual_ip, p.path
+                );
+            }
+        }
+        let waiting: Vec<&str> = peers
+            .iter()
+            .filter(|p| !shown.contains(&p.virtual_ip))
+            .map(|p| p.name.as_str())
+            .collect();
+        if !peers.is_empty() && waiting.is_empty() {
+            return;
+        }
+        if !waiting.is_empty() && !said_waiting {
+            println!("  finding a path to {}…", waiting.join(", "));
+            said_waiting = true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let missing: Vec<String> = client
+        .peers()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| p.path == "searching")
+        .map(|p| p.name)
+        .collect();
+    if !missing.is_empty() {
+        println!(
+            "  no path yet to {} (still trying; `lanrage peers` shows progress)",
+            missing.join(", ")
+        );
+    }
 }
 
 pub fn print_json<T: Serialize>(value: &T) -> Result<()> {

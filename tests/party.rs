@@ -627,6 +627,17 @@ fn without_a_server_players_on_one_lan_find_each_other() {
 
     lab.cli(&c, &["party", "leave", "--json"]);
     lab.wait_for_peers(&a, 1, LEAVE_TIMEOUT);
+
+    // Joining again by hand: the CLI shows each member as a path to it is found.
+    let code = lab.cli(&a, &["status", "--json"])["party"]["code"]
+        .as_str()
+        .expect("a party code")
+        .to_owned();
+    let text = lab.cli_text(&c, &["party", "join", &code]);
+    assert!(
+        text.contains("connected to player1") && text.contains("connected to player2"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -1339,6 +1350,14 @@ fn settings_change_live_or_at_restart_and_survive_a_damaged_database() {
     assert_eq!(discord["webhook"], true, "{discord}");
     lab.cli(&a, &["config", "reset", "discord_webhook", "--json"]);
     assert!(!lab.logs().contains("hunter2"), "a secret reached the log");
+
+    // The latency lane, live.
+    lab.cli(&a, &["config", "set", "lane_ports", "7000,7001", "--json"]);
+    assert_eq!(
+        lab.cli(&a, &["status", "--json"])["latency_lane_ports"],
+        serde_json::json!([7000, 7001])
+    );
+    lab.cli(&a, &["config", "reset", "lane_ports", "--json"]);
 
     // Refused, with the reason, and nothing changes.
     let (ok, _, err) = lab.cli_status(&a, &["config", "set", "mtu", "9000"]);

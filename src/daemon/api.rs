@@ -23,6 +23,8 @@ type Requests = Sender<ControlRequest>;
 
 /// Binds `addr` now (so a busy port is reported at start-up) and serves on a new thread.
 pub fn spawn(addr: SocketAddr, requests: Requests) -> Result<std::thread::JoinHandle<()>> {
+    // Served beyond loopback only when the user bound it there (`lanrage up --api`).
+    let remote = !addr.ip().is_loopback();
     let listener = std::net::TcpListener::bind(addr)
         .with_context(|| format!("cannot serve the local API on {addr}"))?;
     listener.set_nonblocking(true)?;
@@ -89,7 +91,9 @@ pub fn spawn(addr: SocketAddr, requests: Requests) -> Result<std::thread::JoinHa
                     .fallback(|| async {
                         error_response(StatusCode::NOT_FOUND, "no such endpoint")
                     })
-                    .layer(middleware::from_fn(local_only))
+                    .layer(middleware::from_fn(move |request: Request, next: Next| {
+                        local_only(remote, request, next)
+                    }))
                     .with_state(requests);
                 if let Err(e) = axum::serve(listener, app).await {
                     tracing::error!(error = %e, "local API stopped");
@@ -122,8 +126,10 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
         .into_response()
 }
 
-/// Whether `host` (a Host header, or an origin's host and port) names this machine's loopback.
-fn is_loopback_host(host: &str) -> bool {
+/// Whether `host` (a Host header, or an origin's host and port) may reach the API: a
+/// loopback name, or, when the user served the API beyond loopback (`remote`), any address
+/// written as an IP. Never another domain name: that is what DNS rebinding would send.
+fn acceptable_host(host: &str, remote: bool) -> bool {
     let name = host.rsplit_once(':').map_or(host, |(name, port)| {
         if port.chars().all(|c| c.is_ascii_digit()) {
             name
@@ -131,19 +137,25 @@ fn is_loopback_host(host: &str) -> bool {
             host
         }
     });
-    matches!(name, "127.0.0.1" | "localhost" | "[::1]")
+    let literal = name.parse::<std::net::Ipv4Addr>().is_ok()
+        || name
+            .strip_prefix('[')
+            .and_then(|n| n.strip_suffix(']'))
+            .is_some_and(|n| n.parse::<std::net::Ipv6Addr>().is_ok());
+    matches!(name, "127.0.0.1" | "localhost" | "[::1]") || (remote && literal)
 }
 
 /// Refuses requests whose Host is not a loopback name (a web page cannot reach the API by
 /// pointing its own domain at 127.0.0.1: DNS rebinding), and requests a page from anywhere
 /// else sends (its Origin is not this one): only the web UI and local programs get in.
-async fn local_only(request: Request, next: Next) -> Response {
+async fn local_only(remote: bool, request: Request, next: Next) -> Response {
     let origin_ok = match request.headers().get(header::ORIGIN) {
         None => true,
-        Some(origin) => origin
-            .to_str()
-            .ok()
-            .is_some_and(|origin| origin.strip_prefix("http://").is_some_and(is_loopback_host)),
+        Some(origin) => origin.to_str().ok().is_some_and(|origin| {
+            origin
+                .strip_prefix("http://")
+                .is_some_and(|host| acceptable_host(host, remote))
+        }),
     };
     if !origin_ok {
         return error_response(
@@ -156,7 +168,7 @@ async fn local_only(request: Request, next: Next) -> Response {
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .unwrap_or("");
-    if is_loopback_host(host) {
+    if acceptable_host(host, remote) {
         next.run(request).await
     } else {
         error_response(
@@ -344,4 +356,32 @@ async fn discord(State(requests): State<Requests>) -> Response {
 
 async fn history(State(requests): State<Requests>) -> Response {
     ask(&requests, ControlRequest::History, StatusCode::OK).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::acceptable_host;
+
+    #[test]
+    fn only_loopback_names_unless_served_beyond_loopback_and_never_other_domains() {
+        for host in [
+            "127.0.0.1:8666",
+            "localhost:8666",
+            "[::1]:8666",
+            "localhost",
+        ] {
+            assert!(acceptable_host(host, false), "{host}");
+        }
+        for host in [
+            "192.168.1.5:8666",
+            "evil.example",
+            "evil.example:8666",
+            "127.0.0.1.evil.example",
+        ] {
+            assert!(!acceptable_host(host, false), "{host}");
+        }
+        assert!(acceptable_host("192.168.1.5:8666", true));
+        assert!(acceptable_host("[fd00::1]:8666", true));
+        assert!(!acceptable_host("evil.example:8666", true));
+    }
 }

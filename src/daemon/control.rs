@@ -119,8 +119,6 @@ pub struct ControlThread {
     pub port_mapping: Option<MappingView>,
     /// Scans for running games (`None`: detection off).
     pub games: Option<Receiver<GameScan>>,
-    /// The latency lane without any game: running games' ports are added to it.
-    pub priority: PriorityPolicy,
     /// Sends games' broadcasts from unbound sockets into the tunnel while in a party (`None`:
     /// off, or not possible here).
     pub capture: Option<BroadcastCapture>,
@@ -157,6 +155,8 @@ struct State {
     game_scan: Option<Duration>,
     /// The tunnel's settings for the running games, as applied.
     tuning: Tuning,
+    /// The latency lane as last given to the engine.
+    lane: Option<PriorityPolicy>,
     /// The virtual IP while in a party.
     virtual_ip: Option<Ipv4Addr>,
     /// The server browser: what the other members host, the socket it travels on while in a
@@ -197,7 +197,11 @@ impl ControlThread {
         let me = self.me;
         let engine_events = self.engine_events.clone();
         let game_scans = self.games.clone().unwrap_or_else(crossbeam_channel::never);
-        let tuning = base_tuning(&self.priority, &self.settings.effective());
+        // Applied at once (the engine starts with the defaults).
+        let tuning = Tuning {
+            lane_ports: Vec::new(),
+            ..base_tuning(&self.settings.effective())
+        };
         let nat = NatCheck::new(self.stun_servers.clone());
         let paths = PathSelector::new(self.secret.into(), super::random_id);
         let mut state = State {
@@ -217,6 +221,7 @@ impl ControlThread {
             games: Vec::new(),
             game_scan: None,
             tuning,
+            lane: None,
             virtual_ip: None,
             servers: ServerList::default(),
             hosted: Vec::new(),
@@ -236,6 +241,7 @@ impl ControlThread {
             metric_labels: HashMap::new(),
         };
         state.load_hosted();
+        state.retune();
         state.resume();
         let mut next_address_check = Instant::now();
         loop {
@@ -1454,17 +1460,19 @@ impl State {
     /// traffic takes the latency lane, and its keepalive and MTU apply if stricter. When it
     /// stops, all of it is as configured again.
     fn retune(&mut self) {
-        let base = base_tuning(&self.cfg.priority, &self.cfg.settings.effective());
+        let settings = self.cfg.settings.effective();
+        let base = base_tuning(&settings);
         let tuning = Tuning::for_games(&base, self.games.iter().map(|g| &g.profile));
-        if tuning.lane_ports != self.tuning.lane_ports {
-            let policy = PriorityPolicy {
-                ports: tuning.lane_ports.clone(),
-                ..self.cfg.priority.clone()
-            };
-            if self.cfg.engine.set_priority(policy).is_ok() {
-                tracing::info!(ports = ?tuning.lane_ports, "latency lane ports set for the running games");
-                self.tuning.lane_ports = tuning.lane_ports;
-            }
+        let policy = PriorityPolicy {
+            ports: tuning.lane_ports.clone(),
+            ..base_priority(&settings)
+        };
+        if self.lane.as_ref() != Some(&policy)
+            && self.cfg.engine.set_priority(policy.clone()).is_ok()
+        {
+            tracing::info!(ports = ?policy.ports, small_packets = policy.small_packet_max, "latency lane set");
+            self.tuning.lane_ports = tuning.lane_ports;
+            self.lane = Some(policy);
         }
         if tuning.keepalive != self.tuning.keepalive {
             let peers = self.membership.party().map_or_else(Vec::new, |party| {
@@ -1638,15 +1646,23 @@ fn engine_endpoint(path: PathAddr) -> Endpoint {
 }
 
 /// The wall clock in microseconds: relay bind counters start above any used before.
+/// The latency lane as the settings have it, before the running games' ports.
+fn base_priority(settings: &Settings) -> PriorityPolicy {
+    PriorityPolicy {
+        small_packet_max: settings.lane_small_packets,
+        ports: settings.lane_ports.clone(),
+    }
+}
+
 /// The tunnel's settings while no game runs. Path probing (every second, see
 /// `PathSelector`) is what holds NAT mappings open; the keepalive keeps each session
 /// established, so a game's first packet after a quiet spell never waits for a handshake
 /// (WireGuard's sessions lapse after 3 idle minutes).
-fn base_tuning(priority: &PriorityPolicy, settings: &Settings) -> Tuning {
+fn base_tuning(settings: &Settings) -> Tuning {
     Tuning {
         keepalive: settings.keepalive,
         mtu: settings.mtu,
-        lane_ports: priority.ports.clone(),
+        lane_ports: settings.lane_ports.clone(),
     }
 }
 

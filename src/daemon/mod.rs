@@ -32,7 +32,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use lanrage_control::peer_id::PeerId;
 use lanrage_engine::io::tun::TunDevice;
-use lanrage_engine::{DeviceUpdate, Engine, EngineConfig, PriorityPolicy, default_threads};
+use lanrage_engine::{DeviceUpdate, Engine, EngineConfig, default_threads};
 use x25519_dalek::{PublicKey, StaticSecret};
 
 use control::ControlThread;
@@ -166,6 +166,8 @@ pub fn run(args: UpArgs) -> Result<()> {
         EngineConfig {
             threads,
             listen_port: settings.listen_port,
+            recv_buffer: settings.socket_buffer as usize,
+            cpu_locality: settings.cpu_locality,
             ..EngineConfig::default()
         },
     )
@@ -216,7 +218,6 @@ pub fn run(args: UpArgs) -> Result<()> {
         secret,
         port_mapping: port_mapper.as_ref().map(port_map::PortMapper::view),
         games: game_scans,
-        priority: PriorityPolicy::default(),
         capture,
         tunnel_groups: multicast_groups::TunnelGroups::new(profile_groups(&args.data_dir)),
         stun_servers: settings.stun_servers.clone(),

@@ -39,6 +39,10 @@ enum Kind {
         max_items: usize,
         check: fn(&str) -> Result<(), String>,
     },
+    /// Port numbers, written `6112,27015`.
+    Ports {
+        max_items: usize,
+    },
 }
 
 /// One setting's definition.
@@ -173,6 +177,41 @@ pub const SPECS: &[Spec] = &[
         default: || Value::from(0),
     },
     Spec {
+        key: "socket_buffer",
+        help: "UDP receive buffer per worker, bytes: bounds the queue (and latency) under load",
+        applies: Applies::AtRestart,
+        secret: false,
+        kind: Kind::Integer {
+            min: 16 << 10,
+            max: 64 << 20,
+        },
+        default: || Value::from(256 << 10),
+    },
+    Spec {
+        key: "cpu_locality",
+        help: "keep each worker on its CPUs and steer small datagrams to the worker of their CPU",
+        applies: Applies::AtRestart,
+        secret: false,
+        kind: Kind::Bool,
+        default: || Value::from(true),
+    },
+    Spec {
+        key: "lane_small_packets",
+        help: "packets up to this many bytes take the latency lane (game updates, pings); 0: by port only",
+        applies: Applies::Now,
+        secret: false,
+        kind: Kind::Integer { min: 0, max: 1500 },
+        default: || Value::from(256),
+    },
+    Spec {
+        key: "lane_ports",
+        help: "ports whose packets always take the latency lane (besides the running games')",
+        applies: Applies::Now,
+        secret: false,
+        kind: Kind::Ports { max_items: 64 },
+        default: || Value::from(Vec::<u16>::new()),
+    },
+    Spec {
         key: "log_level",
         help: "least severe log level written",
         applies: Applies::AtRestart,
@@ -290,6 +329,14 @@ impl Spec {
                     .filter(|item| !item.is_empty())
                     .collect::<Vec<_>>(),
             ),
+            Kind::Ports { .. } => {
+                let mut ports = Vec::new();
+                for item in text.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+                    check_port(item).map_err(|why| self.invalid(why))?;
+                    ports.push(Value::from(item.parse::<u16>().unwrap_or_default()));
+                }
+                Value::Array(ports)
+            }
         };
         self.check(&value)
     }
@@ -334,6 +381,24 @@ impl Spec {
                 }
                 Ok(Value::Array(checked))
             }
+            Kind::Ports { max_items } => {
+                let items = value
+                    .as_array()
+                    .ok_or_else(|| self.invalid(format!("{value} is not a list of ports")))?;
+                if items.len() > max_items {
+                    return Err(self.invalid(format!("{} ports, at most {max_items}", items.len())));
+                }
+                let mut ports: Vec<u64> = Vec::with_capacity(items.len());
+                for item in items {
+                    match item.as_u64() {
+                        Some(p @ 1..=65535) => ports.push(p),
+                        _ => return Err(self.invalid(format!("{item} is not a port (1 to 65535)"))),
+                    }
+                }
+                ports.sort_unstable();
+                ports.dedup();
+                Ok(Value::from(ports))
+            }
         }
     }
 }
@@ -355,6 +420,10 @@ pub struct Settings {
     pub game_detection: bool,
     pub broadcast_capture: bool,
     pub threads: u16,
+    pub socket_buffer: u32,
+    pub cpu_locality: bool,
+    pub lane_small_packets: u16,
+    pub lane_ports: Vec<u16>,
     pub discord_webhook: String,
     pub discord_bot_token: String,
     pub discord_channel: String,
@@ -490,6 +559,13 @@ fn check_host_port(item: &str) -> Result<(), String> {
     }
 }
 
+fn check_port(port: &str) -> Result<(), String> {
+    match port.parse::<u16>() {
+        Ok(p) if p != 0 => Ok(()),
+        _ => Err(format!("{port:?} is not a port (1 to 65535)")),
+    }
+}
+
 /// Discord ids ("snowflakes") are decimal numbers.
 fn check_snowflake(id: &str) -> Result<(), String> {
     if id.is_empty() || (id.len() <= 20 && id.bytes().all(|b| b.is_ascii_digit())) {
@@ -547,6 +623,12 @@ mod tests {
         );
         assert_eq!(parse("stun_servers", ""), Ok(serde_json::json!([])));
         assert!(parse("stun_servers", "no-port").is_err());
+        assert_eq!(
+            parse("lane_ports", "27015, 6112,6112"),
+            Ok(serde_json::json!([6112, 27015]))
+        );
+        assert!(parse("lane_ports", "0").is_err());
+        assert!(parse("lane_ports", "http").is_err());
         assert!(parse("server", "ftp://x").is_err());
         assert!(parse("server", "http://203.0.113.5:8667").is_ok());
         assert!(parse("interface", "a-very-long-interface-name").is_err());
