@@ -99,9 +99,10 @@ pub fn down(api: &ApiArgs) -> Result<()> {
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    if !api.json {
-        println!("lanrage: stopped");
+    if api.json {
+        return print_json(&serde_json::json!({ "stopped": true }));
     }
+    println!("lanrage: stopped");
     Ok(())
 }
 
@@ -125,6 +126,25 @@ pub fn ping(args: &PingArgs) -> Result<()> {
     let endpoint = peer
         .endpoint
         .map_or_else(|| "no endpoint yet".into(), |e| e.to_string());
+    let mut ping = std::process::Command::new("ping");
+    ping.args(["-n", "-i", "0.2", "-c", &args.count.max(1).to_string()])
+        .arg(peer.virtual_ip.to_string());
+    if args.api.json {
+        let out = ping
+            .output()
+            .map_err(|e| anyhow::anyhow!("cannot run ping (package iputils-ping): {e}"))?;
+        let summary = PingSummary::read(&String::from_utf8_lossy(&out.stdout));
+        return print_json(&serde_json::json!({
+            "name": peer.name,
+            "virtual_ip": peer.virtual_ip,
+            "path": peer.path,
+            "endpoint": peer.endpoint,
+            "probe_rtt_ms": peer.rtt_ms,
+            "sent": summary.sent,
+            "received": summary.received,
+            "avg_ms": summary.avg_ms,
+        }));
+    }
     let probe = peer
         .rtt_ms
         .map_or_else(String::new, |ms| format!(", probes say {ms:.1} ms"));
@@ -132,15 +152,42 @@ pub fn ping(args: &PingArgs) -> Result<()> {
         "{} ({}): {} path via {endpoint}{probe}",
         peer.name, peer.virtual_ip, peer.path
     );
-    let status = std::process::Command::new("ping")
-        .args(["-n", "-i", "0.2", "-c", &args.count.max(1).to_string()])
-        .arg(peer.virtual_ip.to_string())
+    let status = ping
         .status()
         .map_err(|e| anyhow::anyhow!("cannot run ping (package iputils-ping): {e}"))?;
     if !status.success() {
         anyhow::bail!("{} did not answer every ping", peer.name);
     }
     Ok(())
+}
+
+/// What iputils' ping says at the end: `4 packets transmitted, 4 received, …` and
+/// `rtt min/avg/max/mdev = 0.041/0.052/0.066/0.009 ms`.
+#[derive(Debug, Default, PartialEq)]
+struct PingSummary {
+    sent: u32,
+    received: u32,
+    avg_ms: Option<f64>,
+}
+
+impl PingSummary {
+    fn read(output: &str) -> PingSummary {
+        let mut summary = PingSummary::default();
+        for line in output.lines() {
+            if let Some((sent, rest)) = line.split_once(" packets transmitted, ") {
+                summary.sent = sent.trim().parse().unwrap_or(0);
+                summary.received = rest
+                    .split_whitespace()
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0);
+            }
+            if let Some((_, values)) = line.split_once(" = ") {
+                summary.avg_ms = values.split('/').nth(1).and_then(|v| v.parse().ok());
+            }
+        }
+        summary
+    }
 }
 
 pub fn status(api: &ApiArgs) -> Result<()> {
@@ -516,5 +563,29 @@ fn bytes(n: u64) -> String {
         format!("{n} B")
     } else {
         format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PingSummary;
+
+    #[test]
+    fn pings_summary_is_read() {
+        let output = "PING 10.66.0.3 (10.66.0.3) 56(84) bytes of data.\n\n--- 10.66.0.3 ping statistics ---\n\
+                      4 packets transmitted, 3 received, 25% packet loss, time 603ms\n\
+                      rtt min/avg/max/mdev = 0.041/0.052/0.066/0.009 ms\n";
+        assert_eq!(
+            PingSummary::read(output),
+            PingSummary {
+                sent: 4,
+                received: 3,
+                avg_ms: Some(0.052)
+            }
+        );
+        assert_eq!(
+            PingSummary::read("ping: unknown host"),
+            PingSummary::default()
+        );
     }
 }

@@ -12,6 +12,7 @@
 //! - `POST /api/shutdown` → 204: the daemon stops (removing its interface and rules)
 //! - `GET /metrics` → Prometheus's text format
 //! - `GET /api/discord` → what the Discord thread does (webhook, bot, Rich Presence)
+//! - `GET /api/games` → [`GameSummary`]s: the known games running here
 //! - `GET /api/history` → each member's traffic and round trip, a sample a second, 5 minutes
 //! - `GET /` → the web UI (`/ui/app.js`, `/ui/style.css`)
 //! - `GET /api/settings` → [`SettingsReport`]: every setting, its value and where it comes from

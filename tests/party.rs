@@ -1410,6 +1410,12 @@ fn settings_change_live_or_at_restart_and_survive_a_damaged_database() {
         text.contains("direct path via") && text.contains("2 received"),
         "{text}"
     );
+    let pinged = lab.cli(&a, &["ping", "player2", "-c", "2", "--json"]);
+    assert_eq!(
+        (pinged["received"].clone(), pinged["path"].clone()),
+        (Value::from(2), Value::from("direct")),
+        "{pinged}"
+    );
     let (ok, _, err) = lab.cli_status(&a, &["ping", "nobody"]);
     assert!(!ok && err.contains("no member \"nobody\""), "{err}");
     let text = lab.cli_text(&a, &["down"]);

@@ -62,6 +62,7 @@ pub fn spawn(addr: SocketAddr, requests: Requests) -> Result<std::thread::JoinHa
                     .route("/api/shutdown", post(shutdown))
                     .route("/api/discord", get(discord))
                     .route("/api/history", get(history))
+                    .route("/api/games", get(games))
                     .route(
                         "/",
                         get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }),
@@ -356,6 +357,10 @@ async fn discord(State(requests): State<Requests>) -> Response {
 
 async fn history(State(requests): State<Requests>) -> Response {
     ask(&requests, ControlRequest::History, StatusCode::OK).await
+}
+
+async fn games(State(requests): State<Requests>) -> Response {
+    ask(&requests, ControlRequest::Games, StatusCode::OK).await
 }
 
 #[cfg(test)]

@@ -92,6 +92,7 @@ pub enum Request {
     Metrics(Reply<String>),
     Discord(Reply<DiscordStatus>),
     History(Reply<HistoryJson>),
+    Games(Reply<Vec<GameSummary>>),
     /// `lanrage down`: answered, then the control thread ends and the daemon with it.
     Shutdown(Reply<()>),
 }
@@ -878,6 +879,9 @@ impl State {
             }
             Request::History(reply) => {
                 let _ = reply.send(Ok(self.history.json()));
+            }
+            Request::Games(reply) => {
+                let _ = reply.send(Ok(self.status().games));
             }
             // Handled by the loop, which ends on it.
             Request::Shutdown(reply) => {
