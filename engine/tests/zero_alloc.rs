@@ -2,25 +2,38 @@
 //! watches 100 000 packets go through the engine's per-packet API (encrypt at one peer,
 //! classify, route, decrypt and source-check at the other, both directions, 64 and 1400
 //! bytes) and the allocation count must not grow with the packet count. The same holds for
-//! coalescing decrypted packets into TUN writes.
+//! coalescing decrypted packets into TUN writes. Allocations are counted per thread, so the
+//! test harness's own threads do not count against a test.
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::cell::Cell;
 
 use lanrage_engine::dataplane::{Inbound, Outbound, decapsulate, encapsulate};
 use lanrage_engine::loopback::{Loopback, Side};
 
 struct Counting;
 
-static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
-/// The count is process-wide: tests that read it take turns.
-static COUNTING: Mutex<()> = Mutex::new(());
+thread_local! {
+    /// Counted per thread: the test harness's own threads (starting tests, reporting
+    /// results) allocate while a test measures, and must not count against it.
+    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+}
+
+fn count() {
+    // A const-initialised Cell has no destructor, so this works at any point of a thread's
+    // life; `try_with` keeps the allocator from ever panicking regardless.
+    let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+}
+
+/// Allocations made by the calling thread so far.
+fn allocations() -> u64 {
+    ALLOCATIONS.with(Cell::get)
+}
 
 // SAFETY: defers every operation to the system allocator unchanged; only counts calls.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        count();
         // SAFETY: same contract as the caller's.
         unsafe { System.alloc(layout) }
     }
@@ -31,7 +44,7 @@ unsafe impl GlobalAlloc for Counting {
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        count();
         // SAFETY: same contract as the caller's.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
@@ -44,14 +57,14 @@ static GLOBAL: Counting = Counting;
 fn allocations_for(pair: &Loopback, count: usize, packets: &[(Vec<u8>, Vec<u8>)]) -> u64 {
     let mut wire = vec![0u8; 2048];
     let mut plain = vec![0u8; 2048];
-    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    let before = allocations();
     for i in 0..count {
         let (a_to_b, b_to_a) = &packets[i % packets.len()];
         for (from, to, packet) in [(&pair.a, &pair.b, a_to_b), (&pair.b, &pair.a, b_to_a)] {
             one_way(from, to, packet, &mut wire, &mut plain);
         }
     }
-    ALLOCATIONS.load(Ordering::Relaxed) - before
+    allocations() - before
 }
 
 fn one_way(from: &Side, to: &Side, packet: &[u8], wire: &mut [u8], plain: &mut [u8]) {
@@ -66,7 +79,6 @@ fn one_way(from: &Side, to: &Side, packet: &[u8], wire: &mut [u8], plain: &mut [
 
 #[test]
 fn steady_state_packet_path_does_not_allocate() {
-    let _turn = COUNTING.lock().unwrap_or_else(|e| e.into_inner());
     let pair = Loopback::connected();
     let packets: Vec<(Vec<u8>, Vec<u8>)> = [64, 1400]
         .into_iter()
@@ -111,14 +123,13 @@ fn coalescing_tun_writes_does_not_allocate() {
     use lanrage_engine::io::tun::OFFLOAD_HEADROOM;
     use std::io::IoSlice;
 
-    let _turn = COUNTING.lock().unwrap_or_else(|e| e.into_inner());
     let packet = checksummed_udp(100);
     let mut slots: Vec<Vec<u8>> = (0..128)
         .map(|_| [&[0u8; OFFLOAD_HEADROOM][..], &packet].concat())
         .collect();
     let mut coalescer = Coalescer::new(slots.len(), true);
     let mut run = |rounds: usize| {
-        let before = ALLOCATIONS.load(Ordering::Relaxed);
+        let before = allocations();
         let mut writes = 0;
         for _ in 0..rounds {
             // Each round starts from unmerged packets, as a fresh batch would.
@@ -131,7 +142,7 @@ fn coalescing_tun_writes_does_not_allocate() {
                 writes += coalescer.gather(group, &slots, &mut iov).min(1);
             }
         }
-        (ALLOCATIONS.load(Ordering::Relaxed) - before, writes)
+        (allocations() - before, writes)
     };
     run(10);
     let (allocations, writes) = run(1_000);

@@ -248,8 +248,16 @@ impl Worker {
         let mut response = match response {
             Ok(response) => response,
             Err(e) => {
-                // The error may name the URL, which holds the webhook's secret.
-                tracing::warn!(kind = ?std::mem::discriminant(&e), "Discord could not be reached; trying again");
+                // Said in our words: some errors quote the URL, which holds the webhook's
+                // secret.
+                let why = match &e {
+                    ureq::Error::Io(io) => io.kind().to_string(),
+                    ureq::Error::Timeout(_) => "timed out".into(),
+                    ureq::Error::HostNotFound => "host not found".into(),
+                    ureq::Error::ConnectionFailed => "connection failed".into(),
+                    _ => "the request failed".into(),
+                };
+                tracing::warn!(%why, "Discord could not be reached; trying again");
                 return Outcome::Failed;
             }
         };
