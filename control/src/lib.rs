@@ -14,4 +14,5 @@ pub mod relay;
 pub mod server_api;
 pub mod servers;
 pub mod settings;
+pub mod sqlite;
 pub mod uapi;

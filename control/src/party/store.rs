@@ -1,9 +1,8 @@
 //! The control server's parties in SQLite, so a restart loses nothing.
 //!
-//! WAL mode, so readers never wait for the writer and a crash mid-write leaves the last
-//! committed state. The schema is versioned with `PRAGMA user_version`; migrations run in one
-//! transaction at open. Each changed party is rewritten in one transaction
-//! ([`PartyStore::save`]), so a party is never stored half-updated. Rows that do not make sense
+//! Opened as the project opens its databases (`crate::sqlite`: WAL, a versioned schema). Each
+//! changed party is rewritten in one transaction ([`PartyStore::save`]), so a party is never
+//! stored half-updated. Rows that do not make sense
 //! (a bad key, address or endpoint, a member claimed twice) are reported and skipped, never
 //! fatal: one corrupt party must not keep every other party from coming back.
 
@@ -75,6 +74,17 @@ impl std::error::Error for StoreError {
     }
 }
 
+impl From<crate::sqlite::SchemaError> for StoreError {
+    fn from(e: crate::sqlite::SchemaError) -> Self {
+        match e {
+            crate::sqlite::SchemaError::Sqlite(e) => StoreError::Sqlite(e),
+            crate::sqlite::SchemaError::TooNew { found, known } => {
+                StoreError::TooNew { found, known }
+            }
+        }
+    }
+}
+
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
         StoreError::Sqlite(e)
@@ -109,23 +119,7 @@ impl PartyStore {
 
     fn init(mut conn: Connection) -> Result<Self, StoreError> {
         conn.busy_timeout(Duration::from_secs(5))?;
-        // In-memory databases answer "memory"; both are fine.
-        let _mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
-        conn.execute_batch("PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;")?;
-        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        let known = MIGRATIONS.len() as i64;
-        if version > known {
-            return Err(StoreError::TooNew {
-                found: version,
-                known,
-            });
-        }
-        let tx = conn.transaction()?;
-        for migration in &MIGRATIONS[version.max(0) as usize..] {
-            tx.execute_batch(migration)?;
-        }
-        tx.pragma_update(None, "user_version", known)?;
-        tx.commit()?;
+        crate::sqlite::migrate(&mut conn, MIGRATIONS)?;
         Ok(PartyStore { conn })
     }
 

@@ -170,23 +170,7 @@ impl SettingsStore {
                 detail: check,
             });
         }
-        // In-memory databases answer "memory"; both are fine.
-        let _mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
-        conn.execute_batch("PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;")?;
-        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        let known = MIGRATIONS.len() as i64;
-        if version > known {
-            return Err(StoreError::TooNew {
-                found: version,
-                known,
-            });
-        }
-        let tx = conn.transaction()?;
-        for migration in &MIGRATIONS[version.max(0) as usize..] {
-            tx.execute_batch(migration)?;
-        }
-        tx.pragma_update(None, "user_version", known)?;
-        tx.commit()?;
+        crate::sqlite::migrate(&mut conn, MIGRATIONS)?;
         Ok(SettingsStore {
             conn,
             path: path.to_owned(),
@@ -364,6 +348,17 @@ fn check_name(name: &str) -> Result<(), StoreError> {
         Ok(())
     } else {
         Err(StoreError::BadName(name.to_owned()))
+    }
+}
+
+impl From<crate::sqlite::SchemaError> for StoreError {
+    fn from(e: crate::sqlite::SchemaError) -> Self {
+        match e {
+            crate::sqlite::SchemaError::Sqlite(e) => StoreError::Sqlite(e),
+            crate::sqlite::SchemaError::TooNew { found, known } => {
+                StoreError::TooNew { found, known }
+            }
+        }
     }
 }
 
