@@ -155,6 +155,11 @@ pub struct PeerInfo {
     pub handshake_age_secs: Option<u64>,
     pub rx_bytes: u64,
     pub tx_bytes: u64,
+    /// WireGuard messages received from and sent to the peer.
+    #[serde(default)]
+    pub rx_packets: u64,
+    #[serde(default)]
+    pub tx_packets: u64,
     /// Round trip of the path chosen by probing, in milliseconds; absent while none answers.
     #[serde(default)]
     pub rtt_ms: Option<f64>,

@@ -26,7 +26,8 @@ use lanrage_engine::io::tun::TunAddresses;
 use lanrage_engine::lan::LanScope;
 use lanrage_engine::wire::{RELAY_HEADER_LEN, write_relay_header};
 use lanrage_engine::{
-    DeviceUpdate, Endpoint, EngineHandle, Event as EngineEvent, PeerUpdate, Prefix, PriorityPolicy,
+    DeviceStatus, DeviceUpdate, Endpoint, EngineHandle, Event as EngineEvent, PeerUpdate, Prefix,
+    PriorityPolicy,
 };
 
 use super::broadcast_capture::{self, BroadcastCapture, CapturePlan};
@@ -1228,33 +1229,17 @@ impl State {
         if !self.history.due(now) {
             return;
         }
-        let engine = self.cfg.engine.status().ok();
         let readings: Vec<Reading> = self
-            .membership
-            .party()
-            .map(|party| {
-                party
-                    .members
-                    .iter()
-                    .filter(|m| m.peer != self.cfg.me)
-                    .map(|m| {
-                        let live = engine
-                            .as_ref()
-                            .and_then(|s| s.peers.iter().find(|p| p.public_key == m.peer.0));
-                        Reading {
-                            name: m.name.clone(),
-                            virtual_ip: m.virtual_ip.to_string(),
-                            rx_bytes: live.map_or(0, |p| p.rx_bytes),
-                            tx_bytes: live.map_or(0, |p| p.tx_bytes),
-                            rtt_ms: self
-                                .paths
-                                .path(&m.peer, now)
-                                .map(|(_, rtt)| rtt.as_secs_f64() * 1e3),
-                        }
-                    })
-                    .collect()
+            .peers()
+            .into_iter()
+            .map(|p| Reading {
+                name: p.name,
+                virtual_ip: p.virtual_ip.to_string(),
+                rx_bytes: p.rx_bytes,
+                tx_bytes: p.tx_bytes,
+                rtt_ms: p.rtt_ms,
             })
-            .unwrap_or_default();
+            .collect();
         self.history.record(now, &readings);
     }
 
@@ -1299,42 +1284,20 @@ impl State {
 
     fn render_metrics(&mut self) -> String {
         let engine = self.cfg.engine.status().ok();
-        let now = Instant::now();
-        let members: Vec<(PeerId, PeerLabels)> = self
-            .membership
-            .party()
-            .map(|p| {
-                p.members
-                    .iter()
-                    .filter(|m| m.peer != self.cfg.me)
-                    .map(|m| {
-                        let labels = PeerLabels {
-                            peer: m.name.clone(),
-                            virtual_ip: m.virtual_ip.to_string(),
-                        };
-                        (m.peer, labels)
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        let peers = members
+        let peers = self
+            .peer_infos(engine.as_ref())
             .into_iter()
-            .map(|(peer, labels)| {
-                let live = engine
-                    .as_ref()
-                    .and_then(|s| s.peers.iter().find(|p| p.public_key == peer.0));
-                PeerSample {
-                    labels,
-                    rx_bytes: live.map_or(0, |p| p.rx_bytes),
-                    tx_bytes: live.map_or(0, |p| p.tx_bytes),
-                    rx_packets: live.map_or(0, |p| p.rx_packets),
-                    tx_packets: live.map_or(0, |p| p.tx_packets),
-                    relayed: self
-                        .paths
-                        .path(&peer, now)
-                        .is_some_and(|(endpoint, _)| endpoint.is_relayed()),
-                    path_losses: self.paths.losses(&peer),
-                }
+            .map(|p| PeerSample {
+                labels: PeerLabels {
+                    virtual_ip: p.virtual_ip.to_string(),
+                    peer: p.name,
+                },
+                rx_bytes: p.rx_bytes,
+                tx_bytes: p.tx_bytes,
+                rx_packets: p.rx_packets,
+                tx_packets: p.tx_packets,
+                relayed: p.path == "relayed",
+                path_losses: p.path_losses,
             })
             .collect();
         self.metrics.render(&Sample {
@@ -1592,18 +1555,20 @@ impl State {
     }
 
     fn peers(&self) -> Vec<PeerInfo> {
+        self.peer_infos(self.cfg.engine.status().ok().as_ref())
+    }
+
+    /// The other members as the API shows them, with what `engine` counted for each.
+    fn peer_infos(&self, engine: Option<&DeviceStatus>) -> Vec<PeerInfo> {
         let Some(party) = self.membership.party() else {
             return Vec::new();
         };
-        let engine = self.cfg.engine.status().ok();
         party
             .members
             .iter()
             .filter(|m| m.peer != self.cfg.me)
             .map(|m| {
-                let live = engine
-                    .as_ref()
-                    .and_then(|s| s.peers.iter().find(|p| p.public_key == m.peer.0));
+                let live = engine.and_then(|s| s.peers.iter().find(|p| p.public_key == m.peer.0));
                 let path = self.paths.path(&m.peer, Instant::now());
                 PeerInfo {
                     name: m.name.clone(),
@@ -1616,6 +1581,8 @@ impl State {
                         .map(|d| d.as_secs()),
                     rx_bytes: live.map_or(0, |p| p.rx_bytes),
                     tx_bytes: live.map_or(0, |p| p.tx_bytes),
+                    rx_packets: live.map_or(0, |p| p.rx_packets),
+                    tx_packets: live.map_or(0, |p| p.tx_packets),
                     rtt_ms: path.map(|(_, rtt)| rtt.as_secs_f64() * 1e3),
                     path: match path {
                         Some((endpoint, _)) if endpoint.is_relayed() => "relayed",
