@@ -32,8 +32,11 @@ pub struct SettingsBook {
     overrides: BTreeMap<String, Value>,
     /// What the daemon runs with (`None` for the CLI, which runs nothing).
     running: Option<Settings>,
-    /// Stored rows that failed their check, and the like: shown, not fatal.
-    problems: Vec<String>,
+    /// What went wrong opening the database (set aside, unavailable): shown, not fatal.
+    opening: Vec<String>,
+    /// What went wrong reading the active configuration the last time (rows that failed
+    /// their check): shown, not fatal.
+    reading: Vec<String>,
 }
 
 impl SettingsBook {
@@ -65,7 +68,8 @@ impl SettingsBook {
             stored: BTreeMap::new(),
             overrides,
             running: None,
-            problems,
+            opening: problems,
+            reading: Vec::new(),
         };
         book.reload();
         book
@@ -73,22 +77,20 @@ impl SettingsBook {
 
     /// Reads the active configuration again (after opening, or switching).
     fn reload(&mut self) {
-        self.problems.retain(|p| !p.starts_with("stored "));
         let stored = match &self.store {
             Ok(store) => store.stored(),
             Err(_) => return,
         };
-        match stored {
+        self.reading = match stored {
             Ok(raw) => {
                 let (values, bad) = settings::check_stored(&raw);
                 self.stored = values;
-                for e in bad {
-                    self.problems
-                        .push(format!("stored {e}; its default is used (the row is kept)"));
-                }
+                bad.iter()
+                    .map(|e| format!("stored {e}; its default is used (the row is kept)"))
+                    .collect()
             }
-            Err(e) => self.problems.push(format!("{e}; stored settings not read")),
-        }
+            Err(e) => vec![format!("{e}; stored settings not read")],
+        };
     }
 
     /// The daemon starts with what `effective` says now.
@@ -105,8 +107,8 @@ impl SettingsBook {
         Settings::from_values(&values)
     }
 
-    pub fn problems(&self) -> &[String] {
-        &self.problems
+    pub fn problems(&self) -> Vec<String> {
+        self.opening.iter().chain(&self.reading).cloned().collect()
     }
 
     pub fn report(&self) -> SettingsReport {
@@ -121,7 +123,7 @@ impl SettingsBook {
                 .iter()
                 .map(|spec| self.info(spec.key, &effective))
                 .collect(),
-            problems: self.problems.clone(),
+            problems: self.problems(),
         }
     }
 
