@@ -25,11 +25,15 @@ targets="${TARGETS:-$(cargo +nightly fuzz list)}"
 echo "==> building fuzz targets: ${targets//$'\n'/ }" >&2
 cargo +nightly fuzz build >/dev/null
 
+# Run the binaries built above, not `cargo fuzz run`: that would rebuild from the tree as it is
+# when each target starts, so a long run would fuzz whatever was being edited meanwhile.
+bin_dir="fuzz/target/$(rustc +nightly -vV | sed -n 's/^host: //p')/release"
 status=0
 for target in $targets; do
-    mkdir -p "fuzz/corpus/$target"
+    mkdir -p "fuzz/corpus/$target" "fuzz/artifacts/$target"
     log="$(mktemp)"
-    if cargo +nightly fuzz run "$target" -- -max_total_time="$SECONDS_EACH" -print_final_stats=1 >"$log" 2>&1; then
+    if "$bin_dir/$target" -artifact_prefix="fuzz/artifacts/$target/" -max_total_time="$SECONDS_EACH" \
+        -print_final_stats=1 "fuzz/corpus/$target" >"$log" 2>&1; then
         runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo "?")
         echo "fuzz $target: ${SECONDS_EACH}s, $runs executions, 0 crashes"
     else
