@@ -20,10 +20,12 @@
 #![cfg(target_os = "linux")]
 
 mod common;
+mod impair;
 
 use std::time::Duration;
 
 use common::{Netns, Proc, TempDir, unique_tag, wait_until};
+use impair::{Impairment, Spec};
 use serde_json::Value;
 
 const STUN_PRIMARY: &str = "198.18.100.1";
@@ -609,7 +611,18 @@ fn party_with_relays(
     direct: bool,
     then: impl FnOnce(&Lab, &str, &mut [LabRelay]),
 ) -> TwoPlayers {
-    let lab = Lab::new();
+    party_in_lab(Lab::new(), alice_home, bob_home, relays, direct, then)
+}
+
+/// As [`party_with_relays`], in a lab the caller has already set up (impaired links, say).
+fn party_in_lab(
+    lab: Lab,
+    alice_home: &str,
+    bob_home: &str,
+    relays: usize,
+    direct: bool,
+    then: impl FnOnce(&Lab, &str, &mut [LabRelay]),
+) -> TwoPlayers {
     lab.internet
         .run(&["ip", "addr", "add", "198.18.100.10/32", "dev", "lo"]);
     let db = lab._dir.path().join("control.db");
@@ -976,6 +989,149 @@ fn a_rebound_nat_port_is_followed() {
         run.logs
     );
     assert_eq!(run.bob_peers[0]["path"], "direct", "{}", run.logs);
+}
+
+/// The internet path misbehaves as a long route over bad Wi-Fi does: Alice's access link loses
+/// 10 % of packets each way, delays each by 50 ± 20 ms, and lets 5 % overtake others.
+/// STUN, hole punching and the WireGuard handshake all happen through it; then 64 MiB cross
+/// the tunnel intact while a game's 50 packets a second keep flowing.
+#[test]
+fn a_lossy_reordering_internet_path_still_carries_the_party() {
+    let lab = Lab::new();
+    // Both directions of Alice's router's link to the internet.
+    let link = Impairment::start(
+        &lab.internet,
+        "wan1",
+        "198.18.1.0/24",
+        Spec {
+            loss: 0.10,
+            delay: Duration::from_millis(50),
+            jitter: Duration::from_millis(20),
+            reorder: 0.05,
+        },
+    );
+    let mut figures = String::new();
+    let run = party_in_lab(lab, "cone", "cone2", 1, false, |lab, alice_ip, _| {
+        let (alice, bob) = (lab.home("cone"), lab.home("cone2"));
+        // Loss-based TCP (the default, cubic) manages about MSS/RTT * 1.22/sqrt(loss), some
+        // 50 KB/s here, over any carrier: 64 MiB would take 20 minutes. Bulk senders on lossy
+        // paths use BBR, which paces by measured bandwidth instead.
+        for ns in [alice, bob] {
+            ns.run(&["sysctl", "-qw", "net.ipv4.tcp_congestion_control=bbr"]);
+        }
+        let dir = lab._dir.path();
+        let payload = dir.join("payload");
+        let len: u64 = 64 << 20;
+        let written = std::process::Command::new("head")
+            .args(["-c", &len.to_string(), "/dev/urandom"])
+            .stdout(std::fs::File::create(&payload).expect("create the payload"))
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(written, "could not write {}", payload.display());
+        let sent = common::run(None, &["sha256sum", &payload.to_string_lossy()]);
+        let receiver = Proc::spawn(
+            Some(&alice.name),
+            &[
+                "bash",
+                "-c",
+                "set -o pipefail; nc -l \"$0\" 5001 </dev/null | sha256sum",
+                alice_ip,
+            ],
+            None,
+        );
+        wait_until(Duration::from_secs(5), "alice listening on 5001", || {
+            alice.run(&["ss", "-Hltn"]).contains(":5001")
+        });
+        // A game's traffic meanwhile: 100-byte packets, 50 a second, for 10 s.
+        let game = Proc::spawn(
+            Some(&bob.name),
+            &[
+                "ping", "-q", "-i", "0.02", "-c", "500", "-s", "100", alice_ip,
+            ],
+            None,
+        );
+        let started = std::time::Instant::now();
+        let payload = payload.to_string_lossy();
+        Proc::spawn(
+            Some(&bob.name),
+            &[
+                "bash",
+                "-c",
+                "exec nc -N \"$0\" 5001 <\"$1\"",
+                alice_ip,
+                &payload,
+            ],
+            None,
+        )
+        .check(Duration::from_secs(600));
+        let received = receiver.check(Duration::from_secs(30));
+        let elapsed = started.elapsed();
+        assert_eq!(
+            received.split_whitespace().next(),
+            sent.split_whitespace().next(),
+            "64 MiB arrived changed or cut short"
+        );
+        let game = game.check(Duration::from_secs(30));
+        let summary = game
+            .lines()
+            .filter(|l| l.contains("packets transmitted") || l.starts_with("rtt"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let replies: u32 = summary
+            .split(", ")
+            .find_map(|part| part.strip_suffix(" received")?.parse().ok())
+            .unwrap_or_else(|| panic!("no ping summary in {game}"));
+        // Each way loses 10 %: about 81 % of round trips complete.
+        assert!(
+            replies >= 325,
+            "only {replies} of 500 game packets answered: {summary}"
+        );
+        // The same path without the tunnel, for scale: 8 MiB from Alice's home to a host on
+        // the internet, the tunnel's outer packets' way.
+        let raw_len: u64 = 8 << 20;
+        let sink = Proc::spawn(
+            Some(&lab.internet.name),
+            &["bash", "-c", "nc -l 198.18.100.1 5002 </dev/null | wc -c"],
+            None,
+        );
+        wait_until(Duration::from_secs(5), "a sink on the internet", || {
+            lab.internet.run(&["ss", "-Hltn"]).contains(":5002")
+        });
+        let raw_started = std::time::Instant::now();
+        Proc::spawn(
+            Some(&alice.name),
+            &[
+                "bash",
+                "-c",
+                "head -c \"$0\" /dev/zero | nc -N 198.18.100.1 5002",
+                &raw_len.to_string(),
+            ],
+            None,
+        )
+        .check(Duration::from_secs(300));
+        let raw_elapsed = raw_started.elapsed();
+        assert_eq!(
+            sink.check(Duration::from_secs(30)).trim(),
+            raw_len.to_string()
+        );
+        let rate = |bytes: u64, time: Duration| bytes as f64 * 8.0 / time.as_secs_f64() / 1e6;
+        let (tunnel, raw) = (rate(len, elapsed), rate(raw_len, raw_elapsed));
+        figures = format!(
+            "64 MiB intact in {elapsed:.1?} ({tunnel:.2} Mbit/s; TCP on the path without the \
+             tunnel {raw:.2} Mbit/s, ratio {:.2}); game packets: {summary}",
+            tunnel / raw
+        );
+    });
+    let counts = link.stop();
+    eprintln!(
+        "lossy path: join -> first reply {:?}; {figures}; link: {counts:?}",
+        run.first_reply
+    );
+    assert!(counts.reordered > 0, "nothing was reordered: {counts:?}");
+    for p in [&run.alice_peers[0], &run.bob_peers[0]] {
+        let path = p["path"].as_str().unwrap_or_default();
+        assert!(path == "direct" || path == "relayed", "{p:#}\n{}", run.logs);
+    }
 }
 
 /// A port-restricted cone and a symmetric NAT: the symmetric side's mapping toward the cone is
