@@ -499,6 +499,10 @@ fn print_status(s: &Status) {
         let ports: Vec<String> = s.latency_lane_ports.iter().map(u16::to_string).collect();
         println!("lane ports: {} (their packets go first)", ports.join(", "));
     }
+    if !s.drops.is_empty() {
+        let drops: Vec<String> = s.drops.iter().map(|(r, n)| format!("{r} {n}")).collect();
+        println!("dropped:    {}", drops.join(", "));
+    }
     for r in &s.relays {
         println!(
             "relay:      {} for {}: {}{}",

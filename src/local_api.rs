@@ -23,6 +23,7 @@
 //!
 //! Errors are `{"error": "..."}` with a 4xx/5xx status.
 
+use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
@@ -99,6 +100,10 @@ pub struct Status {
     /// The tunnel's MTU now (a running game may ask for less than the default).
     #[serde(default)]
     pub mtu: u16,
+    /// Packets the engine refused since it started, by reason (`spoofed_source`,
+    /// `unknown_peer`, …); reasons never seen are left out.
+    #[serde(default)]
+    pub drops: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

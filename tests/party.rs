@@ -3,6 +3,7 @@
 //! pings over virtual IPs, a member who leaves is gone from the others within 2 s, and the
 //! party outlives a restart of the control server.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -100,6 +101,15 @@ impl Lab {
         let mut full = vec!["ip", "netns", "exec", ns];
         full.extend_from_slice(args);
         run(&full)
+    }
+
+    /// As [`Lab::in_ns`], for a command that is meant to fail.
+    fn try_in_ns(&self, ns: &str, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", ns])
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"))
     }
 
     fn start_server(&mut self) {
@@ -600,6 +610,65 @@ fn three_players_form_a_party_ping_each_other_and_survive_a_server_restart() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Allowed IPs hold both ways. A member that puts another member's virtual IP on its own
+/// tunnel and sends from it is refused by the receiver (counted as `spoofed_source`), while its
+/// own address still works; a packet for an address no member holds goes to nobody
+/// (`no_route`). And the local API is for this machine only: another member cannot reach it.
+#[test]
+fn a_member_cannot_send_as_another_or_reach_the_local_api() {
+    let mut lab = Lab::new(3);
+    lab.start_server();
+    lab.start_daemons(false);
+    lab.form_party();
+    let ips = lab.all_ping_each_other();
+    let [a, b] = [0, 1].map(|i| lab.members[i].clone());
+    let dropped = |ns: &str, reason: &str| {
+        lab.cli(ns, &["status", "--json"])["drops"][reason]
+            .as_u64()
+            .unwrap_or(0)
+    };
+
+    // B claims C's address and pings A from it.
+    let before = dropped(&a, "spoofed_source");
+    lab.in_ns(
+        &b,
+        &["ip", "addr", "add", &format!("{}/32", ips[2]), "dev", "lr0"],
+    );
+    let spoofed = lab.try_in_ns(&b, &["ping", "-c", "3", "-W", "1", "-I", &ips[2], &ips[0]]);
+    assert!(
+        !spoofed.status.success(),
+        "A answered B speaking as C: {}",
+        String::from_utf8_lossy(&spoofed.stdout)
+    );
+    let refused = dropped(&a, "spoofed_source") - before;
+    assert!(refused >= 3, "A counted {refused} spoofed packets, not 3");
+    assert!(pings(&b, &ips[0]), "B as itself is still heard");
+
+    // An address in the party's subnet that no member holds.
+    let mut nobody: std::net::Ipv4Addr = ips[0].parse().unwrap();
+    while ips.contains(&nobody.to_string()) {
+        nobody = std::net::Ipv4Addr::from(u32::from(nobody) ^ 0x40);
+    }
+    let before = dropped(&a, "no_route");
+    assert!(!pings(&a, &nobody.to_string()), "{nobody} answered");
+    assert!(
+        dropped(&a, "no_route") > before,
+        "no no_route drop for {nobody}"
+    );
+
+    // A's API listens on loopback only: B reaches neither its LAN nor its virtual address.
+    for host in ["192.168.77.1", ips[0].as_str()] {
+        let url = format!("http://{host}:8666/api/status");
+        let out = lab.try_in_ns(&b, &["curl", "-sS", "-m", "2", &url]);
+        assert!(
+            !out.status.success(),
+            "B reached {url}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    eprintln!("spoofed packets refused: {refused}; an unheld address: no_route counted");
 }
 
 #[test]
@@ -1348,6 +1417,25 @@ fn settings_change_live_or_at_restart_and_survive_a_damaged_database() {
     ]);
     let discord: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
     assert_eq!(discord["webhook"], true, "{discord}");
+    let out = run(&[
+        "ip",
+        "netns",
+        "exec",
+        &a,
+        "curl",
+        "-sS",
+        "http://127.0.0.1:8666/metrics",
+    ]);
+    let metrics = String::from_utf8_lossy(&out.stdout);
+    assert!(metrics.contains("lanrage_drops_total"), "{metrics}");
+    assert!(!metrics.contains("hunter2"), "a secret reached /metrics");
+    // Where it is stored, only its owner may read it; the key likewise.
+    let data = lab.dir.join("data1");
+    for file in ["private.key", "settings.db", "settings.db-wal"] {
+        let path = data.join(file);
+        let mode = std::fs::metadata(&path).map_or(0, |m| m.permissions().mode() & 0o777);
+        assert_eq!(mode, 0o600, "{}: {mode:o}", path.display());
+    }
     lab.cli(&a, &["config", "reset", "discord_webhook", "--json"]);
     assert!(!lab.logs().contains("hunter2"), "a secret reached the log");
 

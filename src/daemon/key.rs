@@ -3,7 +3,7 @@
 
 use std::fs::{self, OpenOptions};
 use std::io::{ErrorKind, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
@@ -31,7 +31,10 @@ pub fn load_or_create(path: &Path) -> Result<[u8; 32]> {
             key[0] &= 248;
             key[31] = (key[31] & 127) | 64;
             if let Some(dir) = path.parent() {
-                fs::create_dir_all(dir)
+                fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir)
                     .with_context(|| format!("cannot create {}", dir.display()))?;
             }
             // create_new: never overwrite a key another process wrote meanwhile.

@@ -7,6 +7,7 @@
 //! refused with the reason, and `lanrage config list` shows it.
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 
 use lanrage_control::settings::store::{ConfigurationSummary, SettingsStore, StoreError};
@@ -44,7 +45,11 @@ impl SettingsBook {
     pub fn open(data_dir: &Path, overrides: BTreeMap<String, Value>) -> SettingsBook {
         let path = data_dir.join(FILE);
         let mut problems = Vec::new();
-        let store = std::fs::create_dir_all(data_dir)
+        // Private: it holds the key and the settings' secrets.
+        let store = std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(data_dir)
             .map_err(|e| format!("cannot create {}: {e}", data_dir.display()))
             .and_then(|()| {
                 SettingsStore::open_or_set_aside(&path, unix_now()).map_err(|e| e.to_string())

@@ -110,7 +110,7 @@ pub struct PartyStore {
 
 impl PartyStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        Self::init(Connection::open(path)?)
+        Self::init(crate::sqlite::open(path)?)
     }
 
     pub fn open_in_memory() -> Result<Self, StoreError> {

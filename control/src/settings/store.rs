@@ -125,7 +125,7 @@ pub struct SettingsStore {
 impl SettingsStore {
     /// Opens (creating if needed) the database at `path` and checks it.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let conn = Connection::open(path).map_err(|e| classify(path, e))?;
+        let conn = crate::sqlite::open(path).map_err(|e| classify(path, e))?;
         Self::init(conn, path).map_err(|e| named(path, e))
     }
 

@@ -107,6 +107,7 @@ impl State {
     }
 
     pub(super) fn status(&self) -> Status {
+        let engine = self.cfg.engine.status().ok();
         let party = self.membership.party().map(|p| PartySummary {
             id: p.id,
             name: p.name.clone(),
@@ -125,7 +126,7 @@ impl State {
             server: self.cfg.client.as_ref().map(|c| c.base().to_owned()),
             server_state: self.server_state.clone(),
             party,
-            peers: self.peers(),
+            peers: self.peer_infos(engine.as_ref()),
             nat: self.nat.last().map(|(report, at)| NatSummary {
                 nat_type: report.nat.name().to_owned(),
                 reflexive: report.facts.mappings.first().map(|&(_, mapped)| mapped),
@@ -149,6 +150,12 @@ impl State {
             keepalive_secs: self.tuning.keepalive,
             mtu: self.tuning.mtu,
             game_scan_ms: self.game_scan.map(|d| d.as_secs_f64() * 1e3),
+            drops: engine
+                .iter()
+                .flat_map(|s| &s.drops)
+                .filter(|&&(_, n)| n > 0)
+                .map(|(reason, n)| (reason.name().to_owned(), *n))
+                .collect(),
         }
     }
 
