@@ -40,6 +40,7 @@ PACKAGES=(
     miniupnpd-nftables # its nftables backend (named: apt would otherwise pick either)
     nftables          # nft: the chains miniupnpd adds its rules to
     netcat-openbsd    # nc: UDP/TCP probes in tests
+    hping3            # NAT lab: a garbage flood at full speed against a relay
     socat             # LAN discovery tests: broadcast and multicast senders and listeners
     curl              # asks the Prometheus server's API in tests
     prometheus        # scrapes the daemon's /metrics in tests

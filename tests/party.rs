@@ -583,9 +583,29 @@ fn three_players_form_a_party_ping_each_other_and_survive_a_server_restart() {
     lab.wait_for_peers(&a, 1, LEAVE_TIMEOUT);
     eprintln!("leave seen after {:?}", started.elapsed());
 
-    // The control server restarts; the party is still there to join, with the old address.
+    // The control server goes away for a while: the tunnels do not need it.
     lab.stop_server();
+    let down = Instant::now();
+    while down.elapsed() < Duration::from_secs(4) {
+        assert!(pings(&a, &ips[1]), "A lost B while the server was down");
+        assert!(pings(&b, &ips[0]), "B lost A while the server was down");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let status = lab.cli(&a, &["status", "--json"]);
+    assert_ne!(status["server_state"], "connected", "{status}");
+    // It restarts: the members check in again, and the party is intact.
     lab.start_server();
+    for member in [&a, &b] {
+        wait_for(
+            &format!("{member} back in touch with the server"),
+            Duration::from_secs(20),
+            || lab.cli(member, &["status", "--json"])["server_state"] == "connected",
+        );
+        let status = lab.cli(member, &["status", "--json"]);
+        assert_eq!(status["party"]["code"], code.as_str(), "{status}");
+        assert_eq!(status["party"]["members"], 2, "{status}");
+    }
+    // The party is still there to join, with the old address.
     lab.cli(&c, &["party", "join", &code, "--json"]);
     assert_eq!(lab.virtual_ip(&c), ips[2], "same address after rejoining");
     for from in [&a, &b] {

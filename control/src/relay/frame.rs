@@ -25,6 +25,9 @@ const ACK: u8 = 2;
 const MAC_LEN: usize = 16;
 pub const BIND_LEN: usize = 4 + 1 + 8 + 1 + 8 + 8 + MAC_LEN;
 pub const ACK_LEN: usize = 4 + 1 + 8 + 1 + 8 + 4 + 1 + MAC_LEN;
+// The relay's only answer is an ack to a bind whose MAC checked: never more bytes than it was
+// sent, so a forged source address cannot turn it into an amplifier.
+const _: () = assert!(ACK_LEN <= BIND_LEN);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Bind {

@@ -287,8 +287,18 @@ impl ControlThread {
                     if let Ok((generation, event)) = message {
                         if generation == state.stream_generation {
                             let input = match event {
-                                Some(event) => Input::Event(event),
-                                None => Input::EventsLost,
+                                Some(event) => {
+                                    // Each stream opens with a snapshot: the server is back.
+                                    if matches!(event, EventJson::Snapshot { .. }) {
+                                        state.server_state = "connected".into();
+                                    }
+                                    Input::Event(event)
+                                }
+                                None => {
+                                    state.server_state =
+                                        "lost the event stream; reconnecting".into();
+                                    Input::EventsLost
+                                }
                             };
                             state.feed(input);
                         }
