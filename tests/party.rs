@@ -618,8 +618,12 @@ fn three_players_form_a_party_ping_each_other_and_survive_a_server_restart() {
 
     // A daemon killed outright and started again asks the server for its party and is back,
     // at the same address.
+    let before = lab.cli(&a, &["status", "--json"]);
     lab.crash_and_restart(0, false);
     assert_eq!(lab.virtual_ip(&a), ips[0]);
+    let after = lab.cli(&a, &["status", "--json"]);
+    assert_eq!(after["public_key"], before["public_key"], "a new key after the crash");
+    assert_eq!(after["party"]["code"], code.as_str(), "{after}");
     let deadline = Instant::now() + PING_TIMEOUT;
     while !pings(&b, &ips[0]) {
         assert!(

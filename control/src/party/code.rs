@@ -23,12 +23,18 @@ const DISPLAY_LEN: usize = DIGITS + DIGITS / GROUP - 1;
 
 /// The secret that grants membership of a party.
 ///
-/// `==` (derived, for use as a map key) may stop at the first differing byte, so comparing an
-/// attacker's guess against a stored code with it leaks how much of the guess was right. Check
-/// guesses with [`PartyCode::matches`], or look them up in a map with a secret hash key such as
-/// std's `HashMap`. `Ord` is left out on purpose: an ordered map would leak the same way.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+/// Guesses are compared in constant time, `==` included, so that neither a direct check nor a
+/// map lookup tells an attacker how much of a guess was right; look them up in a map with a
+/// secret hash key such as std's `HashMap`. `Ord` is left out on purpose: an ordered map would
+/// leak by the path its search takes.
+#[derive(Clone, Copy, Eq, Hash)]
 pub struct PartyCode([u8; PartyCode::BYTES]);
+
+impl PartialEq for PartyCode {
+    fn eq(&self, other: &PartyCode) -> bool {
+        self.matches(other)
+    }
+}
 
 impl PartyCode {
     /// Length of a code in bytes: 80 bits, all random.
