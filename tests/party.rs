@@ -595,6 +595,32 @@ fn three_players_form_a_party_ping_each_other_and_survive_a_server_restart() {
     assert_ne!(status["server_state"], "connected", "{status}");
     // It restarts: the members check in again, and the party is intact.
     lab.start_server();
+    // Then it becomes unreachable without a word (a partition: its packets dropped), so each
+    // call to it runs to its timeout. The tunnels still do not notice.
+    let hub = lab.hub.clone();
+    let rule = ["-p", "tcp", "--dport", "8667", "-j", "DROP"];
+    lab.in_ns(
+        &hub,
+        &[&["iptables", "-I", "INPUT"][..], &rule[..]].concat(),
+    );
+    let dark = Instant::now();
+    while dark.elapsed() < Duration::from_secs(8) {
+        assert!(
+            pings(&a, &ips[1]),
+            "A lost B while the server was unreachable"
+        );
+        assert!(
+            pings(&b, &ips[0]),
+            "B lost A while the server was unreachable"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    lab.in_ns(
+        &hub,
+        &[&["iptables", "-D", "INPUT"][..], &rule[..]].concat(),
+    );
+    let status = lab.cli(&a, &["status", "--json"]);
+    assert_eq!(status["peers"][0]["path_losses"], 0, "{status}");
     for member in [&a, &b] {
         wait_for(
             &format!("{member} back in touch with the server"),
@@ -622,7 +648,10 @@ fn three_players_form_a_party_ping_each_other_and_survive_a_server_restart() {
     lab.crash_and_restart(0, false);
     assert_eq!(lab.virtual_ip(&a), ips[0]);
     let after = lab.cli(&a, &["status", "--json"]);
-    assert_eq!(after["public_key"], before["public_key"], "a new key after the crash");
+    assert_eq!(
+        after["public_key"], before["public_key"],
+        "a new key after the crash"
+    );
     assert_eq!(after["party"]["code"], code.as_str(), "{after}");
     let deadline = Instant::now() + PING_TIMEOUT;
     while !pings(&b, &ips[0]) {
