@@ -85,7 +85,8 @@ struct Inner {
     registry: Registry,
     store: PartyStore,
     limiter: JoinLimiter,
-    subscribers: HashMap<PeerId, Vec<UnboundedSender<EventJson>>>,
+    /// Each peer's event stream: one at a time (see [`ServerState::subscribe`]).
+    subscribers: HashMap<PeerId, UnboundedSender<EventJson>>,
 }
 
 impl ServerState {
@@ -258,7 +259,9 @@ impl ServerState {
         let party = inner.registry.party_of(peer).map(|v| PartyJson::from(&v));
         // The receiver is alive: this cannot fail.
         let _ = tx.send(EventJson::Snapshot { party });
-        inner.subscribers.entry(peer).or_default().push(tx);
+        // One stream per peer: a new one replaces the old, whose sender drops here and so ends
+        // it. A client that reconnects leaves nothing behind, and no peer can pile streams up.
+        inner.subscribers.insert(peer, tx);
         rx
     }
 
@@ -300,10 +303,8 @@ impl Inner {
         }
         let notices: Vec<_> = self.registry.drain_notices().collect();
         for notice in notices {
-            if let Some(streams) = self.subscribers.get_mut(&notice.to) {
-                let event = EventJson::from(&notice.event);
-                streams.retain(|tx| tx.send(event.clone()).is_ok());
-                if streams.is_empty() {
+            if let Some(stream) = self.subscribers.get(&notice.to) {
+                if stream.send(EventJson::from(&notice.event)).is_err() {
                     self.subscribers.remove(&notice.to);
                 }
             }

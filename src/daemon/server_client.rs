@@ -2,6 +2,7 @@
 //! (each bounded by a timeout) and the event stream read on a thread of its own.
 
 use std::net::TcpStream;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -18,17 +19,24 @@ use tungstenite::client::IntoClientRequest;
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Message, WebSocket};
 
-/// Bound on every request: the control thread waits for it.
+/// Bound on every request. The control thread waits for the ones a user asked for (create,
+/// join, leave); its periodic ones (heartbeats, relay grants) run on a thread of their own, see
+/// [`ServerClient::in_background`], so a server gone silent cannot stall path probing.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// The server pings every 20 s; silence for this long means the stream is dead.
 const STREAM_SILENCE: Duration = Duration::from_secs(45);
 
+/// Clones share the agent's connections and the token.
+#[derive(Clone)]
 pub struct ServerClient {
     base: String,
     agent: ureq::Agent,
     secret: [u8; 32],
     me: PeerId,
-    token: Option<String>,
+    token: Arc<Mutex<Option<String>>>,
+    /// The newest event stream's generation, and its socket once open: a newer stream, or
+    /// leaving the party, shuts the older one down, so its reader thread ends at once.
+    stream: Arc<Mutex<(u64, Option<TcpStream>)>>,
 }
 
 /// A failed call: the server's own message when it sent one.
@@ -57,12 +65,28 @@ impl ServerClient {
                 .into(),
             secret,
             me,
-            token: None,
+            token: Arc::default(),
+            stream: Arc::default(),
         }
     }
 
     pub fn base(&self) -> &str {
         &self.base
+    }
+
+    /// Runs `call` on a clone of this client on a thread of its own, and hands its result to
+    /// `done` there (which typically sends it to the control thread).
+    pub fn in_background<T: Send + 'static>(
+        &self,
+        name: &str,
+        call: impl FnOnce(&mut ServerClient) -> T + Send + 'static,
+        done: impl FnOnce(T) + Send + 'static,
+    ) -> std::io::Result<()> {
+        let mut client = self.clone();
+        std::thread::Builder::new()
+            .name(format!("lanrage-{name}"))
+            .spawn(move || done(call(&mut client)))
+            .map(drop)
     }
 
     pub fn create(&mut self, name: &str, member_name: &str) -> Result<PartyJson, CallError> {
@@ -121,12 +145,14 @@ impl ServerClient {
         generation: u64,
         events: Sender<(u64, Option<EventJson>)>,
     ) -> Result<(), CallError> {
+        self.close_event_stream(generation);
         let token = self.token()?;
         let url = format!("{}/v1/events", self.base.replacen("http", "ws", 1));
+        let slot = self.stream.clone();
         std::thread::Builder::new()
             .name("lanrage-events".into())
             .spawn(move || {
-                if let Err(e) = read_events(&url, &token, generation, &events) {
+                if let Err(e) = read_events(&url, &token, generation, &events, &slot) {
                     tracing::debug!(error = %e, "event stream ended");
                 }
                 let _ = events.send((generation, None));
@@ -138,10 +164,21 @@ impl ServerClient {
         Ok(())
     }
 
+    /// Closes the event stream open now, if any; streams older than `generation` that are
+    /// still connecting close as soon as they connect.
+    pub fn close_event_stream(&self, generation: u64) {
+        if let Ok(mut slot) = self.stream.lock() {
+            slot.0 = slot.0.max(generation);
+            if let Some(stream) = slot.1.take() {
+                let _ = stream.shutdown(std::net::Shutdown::Both);
+            }
+        }
+    }
+
     /// A token, logging in first when there is none.
     fn token(&mut self) -> Result<String, CallError> {
-        if let Some(token) = &self.token {
-            return Ok(token.clone());
+        if let Some(token) = self.held_token() {
+            return Ok(token);
         }
         let challenge: ChallengeResponse = self.send(
             "POST",
@@ -168,8 +205,18 @@ impl ServerClient {
             }),
             None,
         )?;
-        self.token = Some(token.token.clone());
+        self.set_token(Some(token.token.clone()));
         Ok(token.token)
+    }
+
+    fn held_token(&self) -> Option<String> {
+        self.token.lock().map_or(None, |t| t.clone())
+    }
+
+    fn set_token(&self, token: Option<String>) {
+        if let Ok(mut held) = self.token.lock() {
+            *held = token;
+        }
     }
 
     /// An authenticated call; a refused token (expired, server keys rotated) is renewed once.
@@ -184,7 +231,7 @@ impl ServerClient {
             Err(CallError {
                 status: Some(401), ..
             }) => {
-                self.token = None;
+                self.set_token(None);
                 let token = self.token()?;
                 self.send(method, path, body, Some(&token))
             }
@@ -237,12 +284,23 @@ fn read_events(
     token: &str,
     generation: u64,
     events: &Sender<(u64, Option<EventJson>)>,
+    slot: &Mutex<(u64, Option<TcpStream>)>,
 ) -> Result<()> {
     let mut request = url.into_client_request()?;
     request
         .headers_mut()
         .insert("Authorization", format!("Bearer {token}").parse()?);
     let (mut socket, _) = connect(request)?;
+    if let MaybeTlsStream::Plain(stream) = socket.get_ref() {
+        let mut slot = slot
+            .lock()
+            .map_err(|_| anyhow!("event stream slot poisoned"))?;
+        if slot.0 != generation {
+            // Superseded while connecting.
+            return Ok(());
+        }
+        slot.1 = Some(stream.try_clone()?);
+    }
     loop {
         match socket.read().context("event stream")? {
             Message::Text(text) => {

@@ -169,7 +169,14 @@ impl Membership {
                         Some(self.next_heartbeat.map_or(retry, |at| at.min(retry)));
                 }
             }
-            Input::HeartbeatDelivered => self.heartbeat_failures = 0,
+            Input::HeartbeatDelivered => {
+                self.heartbeat_failures = 0;
+                // The server answers again: a stream waiting out its backoff may open now.
+                if self.reconnect_at.is_some() {
+                    self.reconnect_at = Some(now);
+                    actions.extend(self.poll(now));
+                }
+            }
             Input::EventsLost => {
                 if self.party.is_some() && self.reconnect_at.is_none() {
                     self.reconnect_at = Some(now + self.backoff);
@@ -468,6 +475,25 @@ mod tests {
         m.handle(now, Input::Joined(party(vec![member(1, None)])));
         m.handle(now, Input::EventsLost);
         assert_eq!(m.next_timeout(), Some(now + RECONNECT_MIN));
+    }
+
+    #[test]
+    fn a_delivered_heartbeat_reopens_a_waiting_stream_at_once() {
+        let t = Instant::now();
+        let mut m = Membership::new(id(1));
+        m.handle(t, Input::Joined(party(vec![member(1, None)])));
+        for _ in 0..6 {
+            m.handle(t, Input::EventsLost);
+            let at = m.next_timeout().unwrap();
+            m.poll(at);
+        }
+        m.handle(t, Input::EventsLost);
+        let later = t + Duration::from_secs(1);
+        assert!(m.next_timeout().unwrap() > later);
+        let actions = m.handle(later, Input::HeartbeatDelivered);
+        assert!(actions.contains(&Action::ConnectEvents), "{actions:?}");
+        // Without a stream to reopen, a heartbeat changes nothing.
+        assert!(m.handle(later, Input::HeartbeatDelivered).is_empty());
     }
 
     #[test]

@@ -26,7 +26,7 @@ use lanrage_control::path::{PathAddr, frame};
 use lanrage_control::peer_id::PeerId;
 use lanrage_control::relay::RelayClient;
 use lanrage_control::relay::frame::is_relay_control;
-use lanrage_control::server_api::{EventJson, PartyJson};
+use lanrage_control::server_api::{EventJson, Heartbeat, PartyJson, RelaysJson};
 use lanrage_control::servers::{HostedServer, ServerList};
 use lanrage_engine::io::tun::TunAddresses;
 use lanrage_engine::{EngineHandle, Event as EngineEvent, PriorityPolicy};
@@ -178,12 +178,26 @@ struct State {
     history: History,
     /// The labels each member's series carry, kept to end them when it leaves.
     metric_labels: HashMap<PeerId, PeerLabels>,
+    /// Where periodic server calls, made on threads of their own, report; and which of them
+    /// are under way (one of each at a time).
+    background_tx: Sender<Background>,
+    heartbeat_in_flight: bool,
+    /// Heartbeats asked for while one was under way, merged: sent when it is done.
+    pending_heartbeat: Option<Heartbeat>,
+    grants_in_flight: bool,
+}
+
+/// The result of a control-server call made off the control thread.
+enum Background {
+    Heartbeat(Result<(), CallError>),
+    Grants(Result<RelaysJson, CallError>),
 }
 
 impl ControlThread {
     /// Runs until `shutdown` is dropped or sends.
     pub fn run(self, requests: Receiver<Request>, shutdown: Receiver<()>) {
         let (stream_tx, stream_rx) = unbounded();
+        let (background_tx, background_rx) = unbounded();
         let (lan_tx, lan_rx) = bounded(256);
         let (servers_tx, servers_rx) = bounded(64);
         let me = self.me;
@@ -231,6 +245,10 @@ impl ControlThread {
             metrics: Metrics::default(),
             history: History::default(),
             metric_labels: HashMap::new(),
+            background_tx,
+            heartbeat_in_flight: false,
+            pending_heartbeat: None,
+            grants_in_flight: false,
         };
         state.load_hosted();
         state.retune();
@@ -303,6 +321,11 @@ impl ControlThread {
                             state.feed(input);
                         }
                     }
+                },
+                recv(background_rx) -> message => match message {
+                    Ok(Background::Heartbeat(result)) => state.heartbeat_done(result),
+                    Ok(Background::Grants(result)) => state.grants_fetched(Instant::now(), result),
+                    Err(_) => {}
                 },
                 recv(lan_rx) -> message => {
                     if let Ok((from, datagram)) = message {
@@ -439,6 +462,9 @@ impl State {
                 let result = self.with_client(|c| c.leave());
                 if result.is_ok() {
                     self.stream_generation += 1;
+                    if let Some(client) = &self.cfg.client {
+                        client.close_event_stream(self.stream_generation);
+                    }
                     self.feed(Input::Left);
                 }
                 let _ = reply.send(result);

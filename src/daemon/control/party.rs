@@ -11,13 +11,14 @@ use lanrage_control::party::code::PartyCode;
 use lanrage_control::party::local::LocalParty;
 use lanrage_control::party::membership::{Action, Input};
 use lanrage_control::peer_id::PeerId;
-use lanrage_control::server_api::{EventJson, PartyJson};
+use lanrage_control::server_api::{EventJson, Heartbeat, PartyJson};
 use lanrage_engine::lan::LanScope;
 use lanrage_engine::{Endpoint, PeerUpdate, Prefix};
 
 use super::paths::engine_endpoint;
-use super::{State, unix_micros, write_private};
+use super::{Background, State, unix_micros, write_private};
 use crate::daemon::local_link::LocalLink;
+use crate::daemon::server_client::CallError;
 
 /// Members already there when we join arrive in the first moments: not news for Discord.
 const PARTY_SETTLING: Duration = Duration::from_secs(5);
@@ -130,7 +131,6 @@ impl State {
     pub(super) fn apply(&mut self, actions: Vec<Action>) {
         let mut lost = false;
         let mut retry_heartbeat = false;
-        let mut delivered = false;
         for action in actions {
             match action {
                 Action::SetAddress {
@@ -212,21 +212,7 @@ impl State {
                     update.remove = true;
                     self.engine_update(update);
                 }
-                Action::SendHeartbeat(beat) => {
-                    if let Some(client) = &mut self.cfg.client {
-                        match client.heartbeat(&beat) {
-                            Ok(()) => {
-                                self.server_state = "connected".into();
-                                delivered = true;
-                            }
-                            Err(e) => {
-                                tracing::warn!(error = %e, "heartbeat failed; trying again shortly");
-                                self.server_state = e.to_string();
-                                retry_heartbeat = true;
-                            }
-                        }
-                    }
-                }
+                Action::SendHeartbeat(beat) => retry_heartbeat |= !self.send_heartbeat(beat),
                 Action::ConnectEvents => {
                     self.stream_generation += 1;
                     if let Some(client) = &mut self.cfg.client {
@@ -246,8 +232,61 @@ impl State {
         }
         if retry_heartbeat {
             self.feed(Input::HeartbeatFailed);
-        } else if delivered {
-            self.feed(Input::HeartbeatDelivered);
+        }
+    }
+
+    /// Sends `beat` on a thread of its own; its result comes back as `Background::Heartbeat`.
+    /// While one is under way the next waits, merged with any others, so that what changed
+    /// (endpoints, NAT) is never lost. False if no thread could be started.
+    fn send_heartbeat(&mut self, beat: Heartbeat) -> bool {
+        if self.heartbeat_in_flight {
+            self.pending_heartbeat = Some(match self.pending_heartbeat.take() {
+                Some(old) => Heartbeat {
+                    endpoints: beat.endpoints.or(old.endpoints),
+                    nat: beat.nat.or(old.nat),
+                },
+                None => beat,
+            });
+            return true;
+        }
+        let Some(client) = &self.cfg.client else {
+            return true;
+        };
+        let tx = self.background_tx.clone();
+        let started = client.in_background(
+            "heartbeat",
+            move |client| client.heartbeat(&beat),
+            move |result| drop(tx.send(Background::Heartbeat(result))),
+        );
+        match started {
+            Ok(()) => {
+                self.heartbeat_in_flight = true;
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start a heartbeat; trying again shortly");
+                false
+            }
+        }
+    }
+
+    pub(super) fn heartbeat_done(&mut self, result: Result<(), CallError>) {
+        self.heartbeat_in_flight = false;
+        if let Some(beat) = self.pending_heartbeat.take() {
+            if !self.send_heartbeat(beat) {
+                self.feed(Input::HeartbeatFailed);
+            }
+        }
+        match result {
+            Ok(()) => {
+                self.server_state = "connected".into();
+                self.feed(Input::HeartbeatDelivered);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "heartbeat failed; trying again shortly");
+                self.server_state = e.to_string();
+                self.feed(Input::HeartbeatFailed);
+            }
         }
     }
 

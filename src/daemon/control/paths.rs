@@ -9,10 +9,12 @@ use lanrage_control::party::membership::Input;
 use lanrage_control::path::PathAddr;
 use lanrage_control::path::selector::PathEvent;
 use lanrage_control::peer_id::PeerId;
+use lanrage_control::server_api::RelaysJson;
 use lanrage_engine::wire::{RELAY_HEADER_LEN, write_relay_header};
 use lanrage_engine::{DeviceUpdate, Endpoint, PeerUpdate};
 
-use super::State;
+use super::{Background, State};
+use crate::daemon::server_client::CallError;
 
 /// How often the relays and our grants for them are fetched again: relays come and go, and
 /// grants last an hour.
@@ -143,16 +145,38 @@ impl State {
         }
     }
 
+    /// Asks the server for relays and grants on a thread of its own; the answer comes back as
+    /// `Background::Grants`.
     fn fetch_grants(&mut self, now: Instant) {
-        let Some(client) = self.cfg.client.as_mut().filter(|_| self.cfg.relays) else {
-            self.next_grants = None;
+        // Until the answer, or until the next retry if the thread cannot start.
+        self.next_grants = None;
+        let Some(client) = self.cfg.client.as_ref().filter(|_| self.cfg.relays) else {
             return;
         };
-        if self.membership.party().is_none() {
-            self.next_grants = None;
+        if self.membership.party().is_none() || self.grants_in_flight {
             return;
         }
-        match client.relays() {
+        let tx = self.background_tx.clone();
+        let started = client.in_background(
+            "grants",
+            |client| client.relays(),
+            move |result| drop(tx.send(Background::Grants(result))),
+        );
+        match started {
+            Ok(()) => self.grants_in_flight = true,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start fetching relays; trying again shortly");
+                self.next_grants = Some(now + GRANTS_RETRY);
+            }
+        }
+    }
+
+    pub(super) fn grants_fetched(&mut self, now: Instant, result: Result<RelaysJson, CallError>) {
+        self.grants_in_flight = false;
+        if self.membership.party().is_none() {
+            return;
+        }
+        match result {
             Ok(list) => {
                 let grants: Vec<_> = list
                     .relays
