@@ -2,8 +2,8 @@
 //! kernels built without it (these machines' is). Packets that the lab namespace routes to or
 //! from a subnet are sent into one TUN device instead; a thread reads them, drops some at
 //! random, holds the rest for a random delay, and writes them into a second TUN device, from
-//! which the kernel routes them on as if nothing had happened. Jitter keeps packets in
-//! order, except for a chosen share that overtakes the others.
+//! which the kernel routes them on as if nothing had happened. The delay wanders, as a
+//! queue's does, keeping packets in order, except for a chosen share that is reordered.
 //!
 //! ```text
 //!   wan ──rule: iif wan / to subnet──► imp-in ─► [drop, hold] ─► imp-out ──► routed as before
@@ -26,12 +26,17 @@ pub struct Spec {
     pub loss: f64,
     /// Mean delay.
     pub delay: Duration,
-    /// Standard deviation of the delay (normal distribution, cut at zero).
+    /// Standard deviation of the delay (normal distribution, cut at zero). The delay wanders
+    /// over about [`JITTER_MEMORY`], as a queue's does, so packets close together are delayed
+    /// alike and keep their order.
     pub jitter: Duration,
-    /// Chance that a packet leaves at its own time, overtaking those held longer. The rest keep
-    /// their order, as in a router's queue, where jitter is queueing and does not reorder.
+    /// Chance that a packet takes a delay of its own instead, drawn afresh: these overtake
+    /// others, or are overtaken.
     pub reorder: f64,
 }
+
+/// How long the wandering delay takes to forget where it was (an Ornstein–Uhlenbeck process).
+const JITTER_MEMORY: Duration = Duration::from_millis(100);
 
 /// What the link did, for the test's report.
 #[derive(Debug, Default, Clone, Copy)]
@@ -120,6 +125,8 @@ impl Impairment {
             let mut held: BinaryHeap<Reverse<(Instant, u64, Vec<u8>)>> = BinaryHeap::new();
             let mut counts = Counts::default();
             let (mut next_seq, mut last_sent) = (0u64, None);
+            // The wandering part of the delay, in standard deviations, and when it was drawn.
+            let (mut wander, mut drawn) = (rng.normal(), Instant::now());
             // When the last packet kept in order leaves: none of the others leaves before it.
             let mut in_order_due = Instant::now();
             let mut buf = vec![0u8; 65536];
@@ -132,10 +139,17 @@ impl Impairment {
                                 counts.dropped += 1;
                                 continue;
                             }
+                            let now = Instant::now();
+                            let kept =
+                                (-(now - drawn).as_secs_f64() / JITTER_MEMORY.as_secs_f64()).exp();
+                            wander = kept * wander + (1.0 - kept * kept).sqrt() * rng.normal();
+                            drawn = now;
+                            let own = rng.uniform() < spec.reorder;
+                            let sigmas = if own { rng.normal() } else { wander };
                             let delay =
-                                spec.delay.as_secs_f64() + spec.jitter.as_secs_f64() * rng.normal();
-                            let mut due = Instant::now() + Duration::from_secs_f64(delay.max(0.0));
-                            if rng.uniform() >= spec.reorder {
+                                spec.delay.as_secs_f64() + spec.jitter.as_secs_f64() * sigmas;
+                            let mut due = now + Duration::from_secs_f64(delay.max(0.0));
+                            if !own {
                                 due = due.max(in_order_due);
                                 in_order_due = due;
                             }
