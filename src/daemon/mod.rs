@@ -223,7 +223,9 @@ pub fn run(args: UpArgs) -> Result<()> {
         stun_servers: settings.stun_servers.clone(),
         client: server
             .as_deref()
-            .map(|url| ServerClient::new(url, secret, me)),
+            .map(|url| ServerClient::new(url, secret, me))
+            .transpose()
+            .context("cannot start the thread for control-server calls")?,
         relays: settings.relays != "off",
         discord: discord::Discord::start(discord::DiscordConfig::from_settings(&settings))
             .context("cannot start the Discord thread")?,

@@ -37,6 +37,9 @@ pub struct ServerClient {
     /// The newest event stream's generation, and its socket once open: a newer stream, or
     /// leaving the party, shuts the older one down, so its reader thread ends at once.
     stream: Arc<Mutex<(u64, Option<TcpStream>)>>,
+    /// One long-lived thread for the calls made off the control thread, run in turn (a
+    /// thread per call would come and go every 30 s for the daemon's whole life).
+    background: Sender<Box<dyn FnOnce() + Send>>,
 }
 
 /// A failed call: the server's own message when it sent one.
@@ -55,8 +58,12 @@ impl std::fmt::Display for CallError {
 impl std::error::Error for CallError {}
 
 impl ServerClient {
-    pub fn new(base: &str, secret: [u8; 32], me: PeerId) -> Self {
-        ServerClient {
+    pub fn new(base: &str, secret: [u8; 32], me: PeerId) -> std::io::Result<Self> {
+        let (background, jobs) = crossbeam_channel::unbounded::<Box<dyn FnOnce() + Send>>();
+        std::thread::Builder::new()
+            .name("lanrage-server".into())
+            .spawn(move || jobs.into_iter().for_each(|job| job()))?;
+        Ok(ServerClient {
             base: base.trim_end_matches('/').to_owned(),
             agent: ureq::Agent::config_builder()
                 .http_status_as_error(false)
@@ -67,26 +74,26 @@ impl ServerClient {
             me,
             token: Arc::default(),
             stream: Arc::default(),
-        }
+            background,
+        })
     }
 
     pub fn base(&self) -> &str {
         &self.base
     }
 
-    /// Runs `call` on a clone of this client on a thread of its own, and hands its result to
-    /// `done` there (which typically sends it to the control thread).
+    /// Runs `call` on a clone of this client on the background thread, and hands its result
+    /// to `done` there (which typically sends it to the control thread). Fails only when the
+    /// thread is gone.
     pub fn in_background<T: Send + 'static>(
         &self,
-        name: &str,
         call: impl FnOnce(&mut ServerClient) -> T + Send + 'static,
         done: impl FnOnce(T) + Send + 'static,
     ) -> std::io::Result<()> {
         let mut client = self.clone();
-        std::thread::Builder::new()
-            .name(format!("lanrage-{name}"))
-            .spawn(move || done(call(&mut client)))
-            .map(drop)
+        self.background
+            .send(Box::new(move || done(call(&mut client))))
+            .map_err(|_| std::io::Error::other("the server calls' thread has stopped"))
     }
 
     pub fn create(&mut self, name: &str, member_name: &str) -> Result<PartyJson, CallError> {

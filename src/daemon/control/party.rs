@@ -235,7 +235,7 @@ impl State {
         }
     }
 
-    /// Sends `beat` on a thread of its own; its result comes back as `Background::Heartbeat`.
+    /// Sends `beat` off the control thread; its result comes back as `Background::Heartbeat`.
     /// While one is under way the next waits, merged with any others, so that what changed
     /// (endpoints, NAT) is never lost. False if no thread could be started.
     fn send_heartbeat(&mut self, beat: Heartbeat) -> bool {
@@ -254,7 +254,6 @@ impl State {
         };
         let tx = self.background_tx.clone();
         let started = client.in_background(
-            "heartbeat",
             move |client| client.heartbeat(&beat),
             move |result| drop(tx.send(Background::Heartbeat(result))),
         );

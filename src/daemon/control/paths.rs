@@ -145,7 +145,7 @@ impl State {
         }
     }
 
-    /// Asks the server for relays and grants on a thread of its own; the answer comes back as
+    /// Asks the server for relays and grants off the control thread; the answer comes back as
     /// `Background::Grants`.
     fn fetch_grants(&mut self, now: Instant) {
         // Until the answer, or until the next retry if the thread cannot start.
@@ -158,7 +158,6 @@ impl State {
         }
         let tx = self.background_tx.clone();
         let started = client.in_background(
-            "grants",
             |client| client.relays(),
             move |result| drop(tx.send(Background::Grants(result))),
         );
