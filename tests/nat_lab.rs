@@ -944,11 +944,7 @@ fn a_dead_relay_is_left_for_another_and_strangers_are_refused() {
     for p in [&run.alice_peers[0], &run.bob_peers[0]] {
         assert_eq!(p["path"], "relayed", "{p:#}\n{}", run.logs);
     }
-    let last = counters
-        .lines()
-        .rev()
-        .find(|l| l.contains("relay counters"))
-        .unwrap_or_else(|| panic!("no counters in the relay's log:\n{counters}"));
+    let last = last_counters(&counters);
     for reason in ["not_relay_frame=", "unknown_channel=", "bind_malformed="] {
         assert!(last.contains(reason), "{reason} missing: {last}");
     }
@@ -1016,10 +1012,7 @@ fn a_relay_flooded_with_garbage_keeps_serving_its_session() {
                 .find(|l| l.contains("packets transmitted"))
                 .unwrap_or_default()
                 .to_owned();
-            let replies: u32 = summary
-                .split(", ")
-                .find_map(|part| part.strip_suffix(" received")?.parse().ok())
-                .unwrap_or(0);
+            let replies = ping_replies(&summary).unwrap_or(0);
             let flood_line = sent
                 .lines()
                 .find(|l| l.contains("packets transmitted"))
@@ -1046,11 +1039,7 @@ fn a_relay_flooded_with_garbage_keeps_serving_its_session() {
         },
     );
     eprintln!("{figures}");
-    let last = counters
-        .lines()
-        .rev()
-        .find(|l| l.contains("relay counters"))
-        .unwrap_or_else(|| panic!("no counters in the relay's log:\n{counters}"));
+    let last = last_counters(&counters);
     eprintln!("{last}");
     let refused: u64 = last
         .split_once("unknown_channel=")
@@ -1152,10 +1141,7 @@ fn a_lossy_reordering_internet_path_still_carries_the_party() {
             .filter(|l| l.contains("packets transmitted") || l.starts_with("rtt"))
             .collect::<Vec<_>>()
             .join("; ");
-        let replies: u32 = summary
-            .split(", ")
-            .find_map(|part| part.strip_suffix(" received")?.parse().ok())
-            .unwrap_or_else(|| panic!("no ping summary in {game}"));
+        let replies = ping_replies(&summary).unwrap_or_else(|| panic!("no ping summary in {game}"));
         // Each way loses 10 %: about 81 % of round trips complete.
         assert!(
             replies >= 325,
@@ -1185,6 +1171,21 @@ fn a_lossy_reordering_internet_path_still_carries_the_party() {
         let path = p["path"].as_str().unwrap_or_default();
         assert!(path == "direct" || path == "relayed", "{p:#}\n{}", run.logs);
     }
+}
+
+/// The last counters line in a relay's log (it logs them on exit).
+fn last_counters(log: &str) -> &str {
+    log.lines()
+        .rev()
+        .find(|l| l.contains("relay counters"))
+        .unwrap_or_else(|| panic!("no counters in the relay's log:\n{log}"))
+}
+
+/// Replies in iputils ping's summary: "500 packets transmitted, 404 received, ...".
+fn ping_replies(summary: &str) -> Option<u32> {
+    summary
+        .split(", ")
+        .find_map(|part| part.strip_suffix(" received")?.parse().ok())
 }
 
 /// Sends `payload` from `from` to `to_ip` in `to` over [`STREAMS`] TCP connections at once

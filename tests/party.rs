@@ -1475,27 +1475,14 @@ fn settings_change_live_or_at_restart_and_survive_a_damaged_database() {
         .and_then(|s| s.iter().find(|s| s["key"] == "discord_webhook"))
         .map(|s| s["value"].clone());
     assert_eq!(webhook, Some(Value::from("(set)")));
-    let out = run(&[
-        "ip",
-        "netns",
-        "exec",
-        &a,
-        "curl",
-        "-sS",
-        "http://127.0.0.1:8666/api/discord",
-    ]);
-    let discord: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    let api = |path: &str| {
+        let url = format!("http://127.0.0.1:8666{path}");
+        lab.in_ns(&a, &["curl", "-sS", &url]).stdout
+    };
+    let discord: Value = serde_json::from_slice(&api("/api/discord")).unwrap_or(Value::Null);
     assert_eq!(discord["webhook"], true, "{discord}");
-    let out = run(&[
-        "ip",
-        "netns",
-        "exec",
-        &a,
-        "curl",
-        "-sS",
-        "http://127.0.0.1:8666/metrics",
-    ]);
-    let metrics = String::from_utf8_lossy(&out.stdout);
+    let metrics = api("/metrics");
+    let metrics = String::from_utf8_lossy(&metrics);
     assert!(metrics.contains("lanrage_drops_total"), "{metrics}");
     assert!(!metrics.contains("hunter2"), "a secret reached /metrics");
     // Where it is stored, only its owner may read it; the key likewise.
