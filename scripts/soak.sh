@@ -5,6 +5,7 @@
 #
 #   scripts/soak.sh                 30 minutes, a sample a minute
 #   scripts/soak.sh 5 --every 10    5 minutes, a sample every 10 s
+#   scripts/soak.sh 120 --heaptrack  2 hours, player3's heap recorded by heaptrack
 #
 # The party: a control server and three `lanrage up` daemons, each in its own namespace on one
 # bridge. Traffic, all through the tunnel, for the whole run:
@@ -17,6 +18,9 @@
 # Samples go to soak.csv in the output directory (--out DIR, default a new one under /tmp),
 # and a summary to stdout: memory and descriptors at the first sample after warm-up and at the
 # last, the largest growth, drops by reason, ping loss and latency.
+# With --heaptrack, player3 (the member that churns) runs under heaptrack, which records every
+# allocation with its backtrace to heaptrack.player3.zst: `heaptrack_print` on it names what
+# holds memory at the end. That daemon's RSS then includes the profiler's own tables.
 #
 # Run as root. Builds nothing: it uses target/release/lanrage (`cargo build --release` first)
 # or $LANRAGE_BIN. Everything it starts is stopped, and its namespaces deleted, on exit, Ctrl-C
@@ -30,10 +34,12 @@ source "$(dirname "${BASH_SOURCE[0]}")/netns-lib.sh"
 MINUTES=30
 EVERY=60
 OUT=""
+HEAPTRACK=0
 while (($#)); do
     case "$1" in
-        -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         --every) EVERY="${2:?--every needs seconds}"; shift 2 ;;
+        --heaptrack) HEAPTRACK=1; shift ;;
         --out) OUT="${2:?--out needs a directory}"; shift 2 ;;
         [0-9]*) MINUTES="$1"; shift ;;
         *) nl_die "unknown argument '$1' (try --help)" ;;
@@ -44,6 +50,7 @@ done
 
 nl_require_root
 nl_require_tools ip iperf3 ping socat jq
+((HEAPTRACK)) && nl_require_tools heaptrack
 BIN="$(nl_lanrage_bin)"
 [[ -x "$BIN" ]] || nl_die "$BIN not found: cargo build --release first (or set LANRAGE_BIN)"
 nl_init
@@ -104,11 +111,27 @@ wait_for "the control server" 10 nl_in "$HUB" bash -c "ss -Hltn | grep -q ':8667
 
 for i in 0 1 2; do
     n=$((i + 1))
-    ip netns exec "${MEMBERS[$i]}" "$BIN" up --interface "lrsk$n" --name "player$n" --server "$SERVER" \
-        --data-dir "$NL_TMP/data$n" >"$OUT/daemon$n.log" 2>&1 </dev/null &
+    profiler=()
+    ((HEAPTRACK && n == 3)) && profiler=(heaptrack -o "$OUT/heaptrack.player$n")
+    ip netns exec "${MEMBERS[$i]}" "${profiler[@]}" "$BIN" up --interface "lrsk$n" --name "player$n" \
+        --server "$SERVER" --data-dir "$NL_TMP/data$n" >"$OUT/daemon$n.log" 2>&1 </dev/null &
     PIDS+=($!)
     nl_track "$!"
 done
+if ((HEAPTRACK)); then
+    # heaptrack is a script that starts the daemon as its child (beside subshells of its own
+    # with the same command line): watch the process that runs the daemon's binary.
+    daemon_pid() {
+        local p
+        for p in $(pgrep -f -- "--interface lrsk3 "); do
+            [[ "$(readlink "/proc/$p/exe" 2>/dev/null)" == "$(readlink -f "$BIN")" ]] && echo "$p" && return 0
+        done
+        return 1
+    }
+    wait_for "player3's daemon under heaptrack" 15 daemon_pid
+    HEAPTRACK_PID="${PIDS[2]}"
+    PIDS[2]="$(daemon_pid)"
+fi
 for i in 0 1 2; do
     wait_for "player$((i + 1))'s daemon" 15 cli "$i" status
 done
@@ -185,6 +208,11 @@ done
 
 # Let the traffic generators finish and write their reports.
 sleep 3
+if ((HEAPTRACK)); then
+    # Stop the profiled daemon on its own so heaptrack records its shutdown and finishes the file.
+    kill -TERM "${PIDS[2]}" 2>/dev/null || true
+    for _ in $(seq 300); do kill -0 "$HEAPTRACK_PID" 2>/dev/null || break; sleep 0.1; done
+fi
 printf '\n%sSummary%s (%s min; samples in %s)\n' "$NL_C_BOLD" "$NL_C_OFF" "$MINUTES" "$CSV"
 # Warm-up: the first sample after 2 minutes (a quarter of a shorter run) is the baseline;
 # growth after it is what a leak would show.
@@ -211,3 +239,7 @@ bulk="$(jq -r '.end.sum_received.bits_per_second // empty' "$OUT/iperf-bulk.json
 game="$(jq -r '.end.sum | "\(.lost_percent // "?")% lost, jitter \(.jitter_ms // "?") ms"' "$OUT/iperf-game.json" 2>/dev/null || true)"
 printf 'bulk TCP: %s Mbit/s average; game UDP: %s\n' \
     "$(awk -v b="${bulk:-0}" 'BEGIN {printf "%.1f", b / 1e6}')" "${game:-no report}"
+if ((HEAPTRACK)); then
+    profile="$(compgen -G "$OUT/heaptrack.player3*" | head -n 1 || true)"
+    printf 'player3 heap profile: %s (heaptrack_print --print-leaks %s)\n' "${profile:-missing}" "${profile:-FILE}"
+fi
