@@ -1,20 +1,9 @@
 //! `lanrage`: the LANrage command line.
 
-mod cli;
-mod config;
-mod control_server;
-mod daemon;
-mod demo;
-mod json_api;
-mod local_api;
-mod logging;
-mod netcheck;
-mod relay;
-mod wg;
-
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use lanrage::{cli, config, control_server, daemon, demo, netcheck, relay, wg};
 
 /// LANrage — if it runs on LAN, it runs on LANrage.
 #[derive(Parser)]

@@ -21,87 +21,118 @@ use crate::local_api::{
 
 type Requests = Sender<ControlRequest>;
 
-/// Binds `addr` now (so a busy port is reported at start-up) and serves on a new thread.
-pub fn spawn(addr: SocketAddr, requests: Requests) -> Result<std::thread::JoinHandle<()>> {
-    // Served beyond loopback only when the user bound it there (`lanrage up --api`).
-    let remote = !addr.ip().is_loopback();
-    let listener = std::net::TcpListener::bind(addr)
-        .with_context(|| format!("cannot serve the local API on {addr}"))?;
-    listener.set_nonblocking(true)?;
-    let thread = std::thread::Builder::new()
-        .name("lanrage-api".into())
-        .spawn(move || {
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(runtime) => runtime,
-                Err(e) => {
-                    tracing::error!(error = %e, "local API cannot start");
-                    return;
-                }
-            };
-            runtime.block_on(async move {
-                let listener = match tokio::net::TcpListener::from_std(listener) {
-                    Ok(listener) => listener,
-                    Err(e) => {
-                        tracing::error!(error = %e, "local API cannot start");
-                        return;
-                    }
-                };
-                let app = Router::new()
-                    .route("/status", get(status))
-                    .route("/api/peers", get(peers))
-                    .route("/api/servers", get(servers))
-                    .route("/api/servers/host", post(host))
-                    .route("/api/servers/unhost", post(unhost))
-                    .route("/party/create", post(create))
-                    .route("/party/join", post(join))
-                    .route("/party/leave", post(leave))
-                    .route("/metrics", get(metrics))
-                    .route("/api/shutdown", post(shutdown))
-                    .route("/api/discord", get(discord))
-                    .route("/api/history", get(history))
-                    .route("/api/games", get(games))
-                    .route(
-                        "/",
-                        get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }),
-                    )
-                    .route(
-                        "/ui/app.js",
-                        get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }),
-                    )
-                    .route(
-                        "/ui/style.css",
-                        get(|| async { asset("text/css; charset=utf-8", STYLE_CSS) }),
-                    )
-                    .route("/api/settings", get(settings))
-                    .route(
-                        "/api/settings/{key}",
-                        axum::routing::put(set_setting).delete(reset_setting),
-                    )
-                    .route(
-                        "/api/configurations",
-                        get(configurations).post(save_configuration),
-                    )
-                    .route("/api/configurations/{name}", delete(delete_configuration))
-                    .route(
-                        "/api/configurations/{name}/activate",
-                        post(activate_configuration),
-                    )
-                    .fallback(|| async {
-                        error_response(StatusCode::NOT_FOUND, "no such endpoint")
-                    })
-                    .layer(middleware::from_fn(move |request: Request, next: Next| {
-                        local_only(remote, request, next)
-                    }))
-                    .with_state(requests);
-                if let Err(e) = axum::serve(listener, app).await {
+/// The local API's server thread, and how to stop it.
+pub struct ApiServer {
+    stop: tokio::sync::oneshot::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl ApiServer {
+    /// Binds `addr` now (so a busy port is reported at start-up) and serves on a new thread.
+    pub fn start(addr: SocketAddr, requests: Requests) -> Result<ApiServer> {
+        // Served beyond loopback only when the user bound it there (`lanrage up --api`).
+        let remote = !addr.ip().is_loopback();
+        let listener = std::net::TcpListener::bind(addr)
+            .with_context(|| format!("cannot serve the local API on {addr}"))?;
+        listener.set_nonblocking(true)?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("lanrage-api".into())
+            .spawn(move || serve(listener, remote, requests, stopped))?;
+        Ok(ApiServer { stop, thread })
+    }
+
+    /// Stops serving at once: connections still open (a browser's, an event stream) are
+    /// closed, and requests still waiting get no answer.
+    pub fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.thread.join();
+    }
+}
+
+fn serve(
+    listener: std::net::TcpListener,
+    remote: bool,
+    requests: Requests,
+    stopped: tokio::sync::oneshot::Receiver<()>,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            tracing::error!(error = %e, "local API cannot start");
+            return;
+        }
+    };
+    runtime.block_on(async move {
+        let listener = match tokio::net::TcpListener::from_std(listener) {
+            Ok(listener) => listener,
+            Err(e) => {
+                tracing::error!(error = %e, "local API cannot start");
+                return;
+            }
+        };
+        let app = router(remote, requests);
+        // Dropping the server future, then the runtime, ends every connection's task.
+        tokio::select! {
+            served = axum::serve(listener, app) => {
+                if let Err(e) = served {
                     tracing::error!(error = %e, "local API stopped");
                 }
-            });
-        })?;
-    Ok(thread)
+            }
+            _ = stopped => {}
+        }
+    });
+}
+
+fn router(remote: bool, requests: Requests) -> Router {
+    Router::new()
+        .route("/status", get(status))
+        .route("/api/peers", get(peers))
+        .route("/api/servers", get(servers))
+        .route("/api/servers/host", post(host))
+        .route("/api/servers/unhost", post(unhost))
+        .route("/party/create", post(create))
+        .route("/party/join", post(join))
+        .route("/party/leave", post(leave))
+        .route("/metrics", get(metrics))
+        .route("/api/shutdown", post(shutdown))
+        .route("/api/discord", get(discord))
+        .route("/api/history", get(history))
+        .route("/api/games", get(games))
+        .route(
+            "/",
+            get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }),
+        )
+        .route(
+            "/ui/app.js",
+            get(|| async { asset("text/javascript; charset=utf-8", APP_JS) }),
+        )
+        .route(
+            "/ui/style.css",
+            get(|| async { asset("text/css; charset=utf-8", STYLE_CSS) }),
+        )
+        .route("/api/settings", get(settings))
+        .route(
+            "/api/settings/{key}",
+            axum::routing::put(set_setting).delete(reset_setting),
+        )
+        .route(
+            "/api/configurations",
+            get(configurations).post(save_configuration),
+        )
+        .route("/api/configurations/{name}", delete(delete_configuration))
+        .route(
+            "/api/configurations/{name}/activate",
+            post(activate_configuration),
+        )
+        .fallback(|| async { error_response(StatusCode::NOT_FOUND, "no such endpoint") })
+        .layer(middleware::from_fn(move |request: Request, next: Next| {
+            local_only(remote, request, next)
+        }))
+        .with_state(requests)
 }
 
 /// The web UI, built into the binary (`web/`).

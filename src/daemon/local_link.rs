@@ -3,22 +3,32 @@
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
-use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use crossbeam_channel::Sender;
 use lanrage_control::party::local::{GROUP, MAX_DATAGRAM, PORT};
 use socket2::{Domain, Protocol, Socket, Type};
 
+use super::link_reader::{Link, Reading};
+
 pub struct LocalLink {
     socket: UdpSocket,
     /// The addresses of the interfaces announcements go out on.
     interfaces: Vec<Ipv4Addr>,
+    closed: AtomicBool,
+}
+
+impl Link for LocalLink {
+    fn closed(&self) -> &AtomicBool {
+        &self.closed
+    }
 }
 
 impl LocalLink {
-    /// Joins the group on every IPv4 interface but loopback and `own` (our tunnel).
-    pub fn open(own: &str) -> io::Result<Arc<LocalLink>> {
+    /// Joins the group on every IPv4 interface but loopback and `own` (our tunnel), and reads
+    /// announcements on a new thread, handing them to `tx`, until the link is closed.
+    pub fn open(own: &str, tx: Sender<(SocketAddr, Vec<u8>)>) -> io::Result<Reading<LocalLink>> {
         let interfaces = super::lan::ipv4_addresses(own)?;
         if interfaces.is_empty() {
             return Err(io::Error::new(
@@ -37,10 +47,18 @@ impl LocalLink {
             socket.join_multicast_v4(&GROUP, address)?;
         }
         socket.set_read_timeout(Some(Duration::from_secs(1)))?;
-        Ok(Arc::new(LocalLink {
+        let mut reading = Reading::new(LocalLink {
             socket: socket.into(),
             interfaces,
-        }))
+            closed: AtomicBool::new(false),
+        });
+        reading.spawn(
+            "lanrage-lan",
+            |link: &LocalLink| &link.socket,
+            MAX_DATAGRAM + 1,
+            move |from, datagram| tx.send((from, datagram.to_vec())).is_ok(),
+        )?;
+        Ok(reading)
     }
 
     /// Sends `datagram` to the group on every interface.
@@ -54,16 +72,5 @@ impl LocalLink {
                 tracing::debug!(interface = %address, error = %e, "announcement not sent");
             }
         }
-    }
-
-    /// Reads announcements on a new thread until the receiver is gone.
-    pub fn spawn_reader(self: &Arc<Self>, tx: Sender<(SocketAddr, Vec<u8>)>) -> io::Result<()> {
-        super::link_reader::spawn(
-            "lanrage-lan",
-            self.clone(),
-            |link: &LocalLink| &link.socket,
-            MAX_DATAGRAM + 1,
-            move |from, datagram| tx.send((from, datagram.to_vec())).is_ok(),
-        )
     }
 }

@@ -38,8 +38,21 @@ pub struct ServerClient {
     /// leaving the party, shuts the older one down, so its reader thread ends at once.
     stream: Arc<Mutex<(u64, Option<TcpStream>)>>,
     /// One long-lived thread for the calls made off the control thread, run in turn (a
-    /// thread per call would come and go every 30 s for the daemon's whole life).
-    background: Sender<Box<dyn FnOnce() + Send>>,
+    /// thread per call would come and go every 30 s for the daemon's whole life). `None`
+    /// ends it.
+    background: Sender<Option<Job>>,
+    /// That thread and the event streams' readers, waited for by [`ServerClient::shut_down`].
+    threads: Arc<Mutex<Threads>>,
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+#[derive(Default)]
+struct Threads {
+    background: Option<std::thread::JoinHandle<()>>,
+    /// Set as the daemon stops: calls still queued are dropped.
+    stopping: Arc<std::sync::atomic::AtomicBool>,
+    streams: Vec<std::thread::JoinHandle<()>>,
 }
 
 /// A failed call: the server's own message when it sent one.
@@ -59,10 +72,19 @@ impl std::error::Error for CallError {}
 
 impl ServerClient {
     pub fn new(base: &str, secret: [u8; 32], me: PeerId) -> std::io::Result<Self> {
-        let (background, jobs) = crossbeam_channel::unbounded::<Box<dyn FnOnce() + Send>>();
-        std::thread::Builder::new()
+        let (background, jobs) = crossbeam_channel::unbounded::<Option<Job>>();
+        let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = stopping.clone();
+        let thread = std::thread::Builder::new()
             .name("lanrage-server".into())
-            .spawn(move || jobs.into_iter().for_each(|job| job()))?;
+            .spawn(move || {
+                while let Ok(Some(job)) = jobs.recv() {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    job();
+                }
+            })?;
         Ok(ServerClient {
             base: base.trim_end_matches('/').to_owned(),
             agent: ureq::Agent::config_builder()
@@ -75,6 +97,11 @@ impl ServerClient {
             token: Arc::default(),
             stream: Arc::default(),
             background,
+            threads: Arc::new(Mutex::new(Threads {
+                background: Some(thread),
+                stopping,
+                streams: Vec::new(),
+            })),
         })
     }
 
@@ -92,7 +119,7 @@ impl ServerClient {
     ) -> std::io::Result<()> {
         let mut client = self.clone();
         self.background
-            .send(Box::new(move || done(call(&mut client))))
+            .send(Some(Box::new(move || done(call(&mut client)))))
             .map_err(|_| std::io::Error::other("the server calls' thread has stopped"))
     }
 
@@ -156,7 +183,7 @@ impl ServerClient {
         let token = self.token()?;
         let url = format!("{}/v1/events", self.base.replacen("http", "ws", 1));
         let slot = self.stream.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("lanrage-events".into())
             .spawn(move || {
                 if let Err(e) = read_events(&url, &token, generation, &events, &slot) {
@@ -168,7 +195,44 @@ impl ServerClient {
                 status: None,
                 message: format!("cannot start the event reader: {e}"),
             })?;
+        if let Ok(mut threads) = self.threads.lock() {
+            threads.streams.retain(|t| !t.is_finished());
+            threads.streams.push(thread);
+        }
         Ok(())
+    }
+
+    /// Ends the client's threads as the daemon stops: the event stream is closed, calls not
+    /// yet begun are dropped, and a call under way is waited for (its timeout bounds it). A
+    /// stream reader still connecting to a server that does not answer is given a second,
+    /// then left to end on its own.
+    pub fn shut_down(&self) {
+        self.close_event_stream(u64::MAX);
+        let (background, streams) = match self.threads.lock() {
+            Ok(mut threads) => {
+                threads
+                    .stopping
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                (
+                    threads.background.take(),
+                    std::mem::take(&mut threads.streams),
+                )
+            }
+            Err(_) => return,
+        };
+        let _ = self.background.send(None);
+        if let Some(thread) = background {
+            let _ = thread.join();
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(1);
+        for thread in streams {
+            while !thread.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if thread.is_finished() {
+                let _ = thread.join();
+            }
+        }
     }
 
     /// Closes the event stream open now, if any; streams older than `generation` that are

@@ -7,13 +7,15 @@
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
-use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use crossbeam_channel::{Sender, TrySendError};
 use lanrage_control::servers::{MAX_DATAGRAM, MINECRAFT_GROUP, MINECRAFT_PORT, PORT};
 use lanrage_games::a2s;
 use socket2::{Domain, InterfaceIndexOrAddress, Protocol, Socket, Type};
+
+use super::link_reader::{Link, Reading};
 
 /// Which socket a datagram came in on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +33,13 @@ pub struct ServerLink {
     minecraft: UdpSocket,
     /// Any address, any interface: the servers queried are this host's own.
     queries: UdpSocket,
+    closed: AtomicBool,
+}
+
+impl Link for ServerLink {
+    fn closed(&self) -> &AtomicBool {
+        &self.closed
+    }
 }
 
 fn tunnel_socket(interface: &str, port: u16) -> io::Result<Socket> {
@@ -47,39 +56,24 @@ fn tunnel_socket(interface: &str, port: u16) -> io::Result<Socket> {
 }
 
 impl ServerLink {
-    /// Binds both ports on `interface` (the tunnel, with index `index`).
-    pub fn open(interface: &str, index: u32) -> io::Result<Arc<ServerLink>> {
+    /// Binds both ports on `interface` (the tunnel, with index `index`), and reads each socket
+    /// on a thread of its own, handing what arrives to `tx`, until the link is closed.
+    pub fn open(
+        interface: &str,
+        index: u32,
+        tx: Sender<(ServerDatagram, SocketAddr, Vec<u8>)>,
+    ) -> io::Result<Reading<ServerLink>> {
         let announcements = tunnel_socket(interface, PORT)?;
         let minecraft = tunnel_socket(interface, MINECRAFT_PORT)?;
         minecraft.join_multicast_v4_n(&MINECRAFT_GROUP, &InterfaceIndexOrAddress::Index(index))?;
         let queries = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
         queries.set_read_timeout(Some(Duration::from_secs(1)))?;
-        Ok(Arc::new(ServerLink {
+        let mut reading = Reading::new(ServerLink {
             announcements: announcements.into(),
             minecraft: minecraft.into(),
             queries,
-        }))
-    }
-
-    /// Sends a status query to a server on this host.
-    pub fn query(&self, server: SocketAddrV4, request: &[u8]) {
-        if let Err(e) = self.queries.send_to(request, server) {
-            tracing::debug!(%server, error = %e, "server query not sent");
-        }
-    }
-
-    /// Sends `datagram` to a member's announcement port.
-    pub fn send(&self, member: Ipv4Addr, datagram: &[u8]) {
-        if let Err(e) = self.announcements.send_to(datagram, (member, PORT)) {
-            tracing::debug!(%member, error = %e, "server announcement not sent");
-        }
-    }
-
-    /// Reads both sockets, a thread each, until the link is dropped.
-    pub fn spawn_readers(
-        self: &Arc<Self>,
-        tx: Sender<(ServerDatagram, SocketAddr, Vec<u8>)>,
-    ) -> io::Result<()> {
+            closed: AtomicBool::new(false),
+        });
         for kind in [
             ServerDatagram::Announcement,
             ServerDatagram::MinecraftLan,
@@ -90,9 +84,8 @@ impl ServerLink {
                 ServerDatagram::QueryReply => a2s::MAX_REPLY,
                 _ => MAX_DATAGRAM + 1,
             };
-            super::link_reader::spawn(
+            reading.spawn(
                 "lanrage-servers",
-                self.clone(),
                 move |link: &ServerLink| match kind {
                     ServerDatagram::Announcement => &link.announcements,
                     ServerDatagram::MinecraftLan => &link.minecraft,
@@ -109,6 +102,20 @@ impl ServerLink {
                 },
             )?;
         }
-        Ok(())
+        Ok(reading)
+    }
+
+    /// Sends a status query to a server on this host.
+    pub fn query(&self, server: SocketAddrV4, request: &[u8]) {
+        if let Err(e) = self.queries.send_to(request, server) {
+            tracing::debug!(%server, error = %e, "server query not sent");
+        }
+    }
+
+    /// Sends `datagram` to a member's announcement port.
+    pub fn send(&self, member: Ipv4Addr, datagram: &[u8]) {
+        if let Err(e) = self.announcements.send_to(datagram, (member, PORT)) {
+            tracing::debug!(%member, error = %e, "server announcement not sent");
+        }
     }
 }

@@ -240,19 +240,23 @@ fn attach_program(socket: &UdpSocket, workers: usize, by_cpu: bool) -> io::Resul
     } else {
         &mut by_hash_program
     };
-    let fprog = libc::sock_fprog {
-        len: program.len() as u16,
-        filter: program.as_mut_ptr(),
-    };
-    // SAFETY: `fprog` points at `program`, both alive for the call; the kernel copies the
-    // program and validates it, and the option length is that of `fprog`.
+    // The option as bytes, the struct's fields written at their offsets: the kernel copies
+    // the padding between them too, which a struct built as a value leaves uninitialised.
+    let mut fprog = [0u8; std::mem::size_of::<libc::sock_fprog>()];
+    let len = program.len() as u16;
+    let filter = program.as_mut_ptr();
+    fprog[std::mem::offset_of!(libc::sock_fprog, len)..][..2].copy_from_slice(&len.to_ne_bytes());
+    fprog[std::mem::offset_of!(libc::sock_fprog, filter)..][..size_of::<usize>()]
+        .copy_from_slice(&(filter as usize).to_ne_bytes());
+    // SAFETY: `fprog` is a sock_fprog pointing at `program`, both alive for the call; the
+    // kernel copies the program and validates it, and the option length is that of `fprog`.
     let rc = unsafe {
         libc::setsockopt(
             socket.as_raw_fd(),
             libc::SOL_SOCKET,
             libc::SO_ATTACH_REUSEPORT_CBPF,
-            (&fprog as *const libc::sock_fprog).cast(),
-            std::mem::size_of_val(&fprog) as libc::socklen_t,
+            fprog.as_ptr().cast(),
+            fprog.len() as libc::socklen_t,
         )
     };
     if rc == 0 {

@@ -8,7 +8,8 @@ use lanrage_games::tuning::Tuning;
 
 use super::State;
 use crate::daemon::broadcast_capture::{self, CapturePlan};
-use crate::daemon::games::GameScan;
+use crate::daemon::events::DaemonEvent;
+use crate::daemon::games::{GameScan, RunningGame};
 
 impl State {
     /// Captures the default discovery ports and the running games' while in a party; nothing
@@ -53,6 +54,27 @@ impl State {
 
     pub(super) fn games_scanned(&mut self, scan: GameScan) {
         self.game_scan = Some(scan.took);
+        let known = |games: &[RunningGame], id: &str| games.iter().any(|g| g.detected.id == id);
+        for game in scan
+            .running
+            .iter()
+            .filter(|g| !known(&self.games, &g.detected.id))
+        {
+            self.cfg.events.emit(DaemonEvent::GameDetected {
+                game: game.detected.id.clone(),
+                name: game.detected.name.clone(),
+            });
+        }
+        for game in self
+            .games
+            .iter()
+            .filter(|g| !known(&scan.running, &g.detected.id))
+        {
+            self.cfg.events.emit(DaemonEvent::GameStopped {
+                game: game.detected.id.clone(),
+                name: game.detected.name.clone(),
+            });
+        }
         if self.virtual_ip.is_some() {
             for game in &scan.running {
                 if !self.games.iter().any(|g| g.detected.id == game.detected.id) {

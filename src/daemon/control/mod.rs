@@ -14,7 +14,6 @@ use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, Sender, bounded, select, unbounded};
@@ -33,8 +32,10 @@ use lanrage_engine::{EngineHandle, Event as EngineEvent, PriorityPolicy};
 
 use super::broadcast_capture::BroadcastCapture;
 use super::discord::{Discord, DiscordConfig, DiscordStatus};
+use super::events::{DaemonEvent, EventSink};
 use super::games::{GameScan, RunningGame};
 use super::history::{History, HistoryJson};
+use super::link_reader::{Link, Reading};
 use super::local_link::LocalLink;
 use super::metrics::{Metrics, PeerLabels};
 use super::multicast_groups::TunnelGroups;
@@ -122,6 +123,8 @@ pub struct ControlThread {
     pub relays: bool,
     /// Party events to a Discord channel, and Rich Presence.
     pub discord: Discord,
+    /// Events for whoever embeds the daemon.
+    pub events: EventSink,
 }
 
 struct State {
@@ -131,7 +134,7 @@ struct State {
     stream_generation: u64,
     stream_tx: Sender<(u64, Option<EventJson>)>,
     /// Local mode (no server): the party found by LAN announcements, and its socket.
-    local: Option<(LocalParty, Arc<LocalLink>)>,
+    local: Option<(LocalParty, Reading<LocalLink>)>,
     lan_tx: Sender<(SocketAddr, Vec<u8>)>,
     nat: NatCheck,
     paths: PathSelector,
@@ -156,7 +159,10 @@ struct State {
     servers: ServerList,
     /// Servers announced by hand (`lanrage servers host`), kept in the data directory.
     hosted: Vec<HostedServer>,
-    server_link: Option<Arc<ServerLink>>,
+    server_link: Option<Reading<ServerLink>>,
+    /// The readers of links closed, each ending within a second; waited for as the daemon
+    /// stops, so that none outlives it.
+    closed_readers: Vec<std::thread::JoinHandle<()>>,
     servers_tx: Sender<(ServerDatagram, SocketAddr, Vec<u8>)>,
     next_announce: Instant,
     /// What our servers said when last asked (`a2s`), by port.
@@ -232,6 +238,7 @@ impl ControlThread {
             servers: ServerList::default(),
             hosted: Vec::new(),
             server_link: None,
+            closed_readers: Vec::new(),
             servers_tx,
             next_announce: Instant::now(),
             server_status: HashMap::new(),
@@ -384,11 +391,29 @@ impl ControlThread {
         }
         if let Some((mut party, link)) = state.local.take() {
             link.send(&party.leave());
+            state.close_link(link);
         }
+        // No thread of ours outlives the daemon (it may be embedded in a process that goes on).
+        if let Some(client) = &state.cfg.client {
+            client.shut_down();
+        }
+        if let Some(link) = state.server_link.take() {
+            state.close_link(link);
+        }
+        for reader in state.closed_readers.drain(..) {
+            let _ = reader.join();
+        }
+        state.cfg.events.emit(DaemonEvent::Stopped);
     }
 }
 
 impl State {
+    /// Closes a link: its readers end on their own, and are waited for as the daemon stops.
+    fn close_link<T: Link>(&mut self, link: Reading<T>) {
+        self.closed_readers.retain(|r| !r.is_finished());
+        self.closed_readers.extend(link.close());
+    }
+
     fn answer(&mut self, request: Request) {
         match request {
             Request::Status(reply) => {

@@ -17,6 +17,7 @@ use lanrage_engine::{Endpoint, PeerUpdate, Prefix};
 
 use super::paths::engine_endpoint;
 use super::{Background, State, unix_micros, write_private};
+use crate::daemon::events::DaemonEvent;
 use crate::daemon::local_link::LocalLink;
 use crate::daemon::server_client::CallError;
 
@@ -54,10 +55,8 @@ impl State {
     /// Starts (or joins) a local party with `code`: no server, members found on the LAN.
     pub(super) fn local_join(&mut self, code: PartyCode) -> Result<PartyJson, (u16, String)> {
         self.local_leave();
-        let link = LocalLink::open(&self.cfg.interface)
+        let link = LocalLink::open(&self.cfg.interface, self.lan_tx.clone())
             .map_err(|e| (503, format!("cannot use the LAN for a local party: {e}")))?;
-        link.spawn_reader(self.lan_tx.clone())
-            .map_err(|e| (500, format!("cannot start the LAN reader: {e}")))?;
         let seq_start = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
@@ -91,6 +90,7 @@ impl State {
         };
         let _ = std::fs::remove_file(self.local_party_file());
         link.send(&party.leave());
+        self.close_link(link);
         self.feed(Input::Left);
         true
     }
@@ -147,6 +147,14 @@ impl State {
                     if self.cfg.engine.set_lan(Some(scope)).is_err() {
                         tracing::warn!("engine stopped; LAN broadcasts not set up");
                     }
+                    if self.virtual_ip != Some(address) {
+                        let party = self.membership.party();
+                        self.cfg.events.emit(DaemonEvent::PartyJoined {
+                            party: party.map(|p| p.name.clone()).unwrap_or_default(),
+                            code: party.map(|p| p.code.clone()).unwrap_or_default(),
+                            virtual_ip: address,
+                        });
+                    }
                     self.virtual_ip = Some(address);
                     self.in_party_since
                         .get_or_insert((Instant::now(), unix_micros() / 1_000_000));
@@ -159,12 +167,22 @@ impl State {
                         tracing::warn!(error = %e, "cannot remove the virtual IP");
                     }
                     let _ = self.cfg.engine.set_lan(None);
-                    self.virtual_ip = None;
+                    // Every member we said joined is said to leave, once.
+                    for (peer, name) in self.member_names.drain() {
+                        self.cfg.events.emit(DaemonEvent::PeerLeft {
+                            peer: peer.to_string(),
+                            name,
+                        });
+                    }
+                    if self.virtual_ip.take().is_some() {
+                        self.cfg.events.emit(DaemonEvent::PartyLeft);
+                    }
                     self.in_party_since = None;
-                    self.member_names.clear();
                     self.update_capture();
                     self.cfg.tunnel_groups.leave();
-                    self.server_link = None;
+                    if let Some(link) = self.server_link.take() {
+                        self.close_link(link);
+                    }
                     self.servers.clear();
                 }
                 Action::UpsertPeer {
@@ -200,6 +218,10 @@ impl State {
                 Action::RemovePeer(peer) => {
                     self.groups_told.remove(&peer);
                     if let Some(member) = self.member_names.remove(&peer) {
+                        self.cfg.events.emit(DaemonEvent::PeerLeft {
+                            peer: peer.to_string(),
+                            name: member.clone(),
+                        });
                         self.cfg.discord.event(PartyEvent::Left { member });
                     }
                     if let Some(labels) = self.metric_labels.remove(&peer) {
@@ -313,6 +335,11 @@ impl State {
             return;
         };
         let name = member.name.clone();
+        self.cfg.events.emit(DaemonEvent::PeerJoined {
+            peer: peer.to_string(),
+            name: name.clone(),
+            virtual_ip: member.virtual_ip,
+        });
         self.member_names.insert(peer, name.clone());
         let settled = self
             .in_party_since

@@ -14,6 +14,7 @@ use lanrage_engine::wire::{RELAY_HEADER_LEN, write_relay_header};
 use lanrage_engine::{DeviceUpdate, Endpoint, PeerUpdate};
 
 use super::{Background, State};
+use crate::daemon::events::DaemonEvent;
 use crate::daemon::server_client::CallError;
 
 /// How often the relays and our grants for them are fetched again: relays come and go, and
@@ -88,12 +89,23 @@ impl State {
                     rtt,
                 } => {
                     tracing::info!(%peer, %endpoint, rtt_ms = rtt.as_secs_f64() * 1e3, "path chosen");
+                    self.cfg.events.emit(DaemonEvent::PathChanged {
+                        peer: peer.to_string(),
+                        name: self.member_names.get(&peer).cloned(),
+                        path: endpoint.to_string(),
+                        relayed: endpoint.relay_channel.is_some(),
+                        rtt_ms: rtt.as_secs_f64() * 1e3,
+                    });
                     let mut update = PeerUpdate::new(peer.0);
                     update.endpoint = Some(engine_endpoint(endpoint));
                     self.engine_update(update);
                 }
                 PathEvent::Lost { peer } => {
                     tracing::warn!(%peer, "no path to the peer answers any more; still trying");
+                    self.cfg.events.emit(DaemonEvent::PathLost {
+                        peer: peer.to_string(),
+                        name: self.member_names.get(&peer).cloned(),
+                    });
                     // If our NAT rebound us to a new port, the party must hear of it.
                     self.nat.recheck();
                 }

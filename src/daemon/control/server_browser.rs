@@ -23,16 +23,23 @@ const GROUPS_CHECK: Duration = Duration::from_secs(1);
 impl State {
     /// Opens the server browser's socket on the tunnel (again after a new address).
     pub(super) fn open_server_link(&mut self) {
-        self.server_link = None;
-        match ServerLink::open(&self.cfg.interface, self.cfg.interface_index) {
-            Ok(link) => match link.spawn_readers(self.servers_tx.clone()) {
-                Ok(()) => {
-                    self.server_link = Some(link);
-                    self.next_announce = Instant::now();
-                }
-                Err(e) => tracing::warn!(error = %e, "cannot start the server browser"),
-            },
-            Err(e) => tracing::warn!(error = %e, "cannot open the server browser's socket"),
+        // The old link's sockets close with its readers (within a second): the new one binds
+        // the same ports.
+        if let Some(old) = self.server_link.take() {
+            for reader in old.close() {
+                let _ = reader.join();
+            }
+        }
+        match ServerLink::open(
+            &self.cfg.interface,
+            self.cfg.interface_index,
+            self.servers_tx.clone(),
+        ) {
+            Ok(link) => {
+                self.server_link = Some(link);
+                self.next_announce = Instant::now();
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot open the server browser's sockets"),
         }
     }
 
