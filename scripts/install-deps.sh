@@ -48,14 +48,14 @@ PACKAGES=(
     chromium          # the web UI test's browser (headless)
     chromium-driver   # chromedriver: WebDriver for that test
     jq                # JSON from iperf3 and bench results
+    gcc               # cc: compiles the C ABI's test program (ffi/tests)
+    libc6-dev         # its C headers
+    valgrind          # runs that program checking for leaks and memory errors
     bc                # arithmetic in the scripts
     procps            # sysctl, ps, pgrep
     coreutils         # timeout, mktemp
     ca-certificates   # cargo and apt over TLS
 )
-if ((BENCH)); then
-    PACKAGES+=(gcc libc6-dev)   # boringtun's ring crate compiles C
-fi
 # shellcheck disable=SC2206 # split on purpose
 [[ -n "${EXTRA_PACKAGES:-}" ]] && PACKAGES+=(${EXTRA_PACKAGES})
 
