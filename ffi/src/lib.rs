@@ -33,6 +33,12 @@ pub struct LanrageDaemon {
     callback: Registered,
 }
 
+// Handles are shared between the caller's threads: everything in one must be.
+const _: () = {
+    const fn shared_between_threads<T: Send + Sync>() {}
+    shared_between_threads::<LanrageDaemon>();
+};
+
 /// The library's version, e.g. "0.1.0". A static string: not to be freed.
 #[unsafe(no_mangle)]
 pub extern "C" fn lanrage_version() -> *const c_char {

@@ -213,6 +213,13 @@ static int run(const char *data_dir, const char *ifname, const char *name, const
     expect("leave again", lanrage_party_leave(member), LANRAGE_RESULT_REFUSED);
     expect("stop", lanrage_daemon_stop(member), LANRAGE_RESULT_OK);
     expect("stop again", lanrage_daemon_stop(member), LANRAGE_RESULT_NOT_RUNNING);
+    /* A handle starts again after a stop: same key, new interface, in no party now. */
+    expect("restart", lanrage_daemon_start(member), LANRAGE_RESULT_OK);
+    json = NULL;
+    expect("status after the restart", lanrage_status(member, &json), LANRAGE_RESULT_OK);
+    if (json == NULL || strstr(json, "\"party\":null") == NULL) fail("in a party after leaving: %s", json ? json : "(null)");
+    lanrage_string_free(json);
+    expect("stop after the restart", lanrage_daemon_stop(member), LANRAGE_RESULT_OK);
     polling = 0;
     pthread_join(poller, NULL);
     if (polls == 0) fail("the poller never got a status");
