@@ -18,6 +18,10 @@ cargo fmt --all --check
 step "lints"
 cargo clippy --workspace --all-targets --release -- -D warnings
 
+step "build"
+# The C ABI's tests link the shared and static libraries, which `cargo test` does not build.
+cargo build --workspace --release
+
 step "unit and integration tests"
 cargo test --workspace --release
 

@@ -32,7 +32,8 @@ fn library_dir() -> PathBuf {
         .expect("the test binary lies in <target>/<profile>/deps");
     assert!(
         dir.join("liblanrage_ffi.so").exists(),
-        "{} has no liblanrage_ffi.so: build the workspace first",
+        "{} has no liblanrage_ffi.so: `cargo build --release -p lanrage-ffi` first \
+         (`cargo test` does not build it; scripts/test.sh does)",
         dir.display()
     );
     dir.to_owned()

@@ -64,6 +64,13 @@ impl State {
                 game: game.detected.id.clone(),
                 name: game.detected.name.clone(),
             });
+            // The party hears of it too (Discord), when there is one.
+            if self.virtual_ip.is_some() {
+                self.cfg.discord.event(PartyEvent::GameStarted {
+                    member: self.cfg.member_name.clone(),
+                    game: game.detected.name.clone(),
+                });
+            }
         }
         for game in self
             .games
@@ -74,16 +81,6 @@ impl State {
                 game: game.detected.id.clone(),
                 name: game.detected.name.clone(),
             });
-        }
-        if self.virtual_ip.is_some() {
-            for game in &scan.running {
-                if !self.games.iter().any(|g| g.detected.id == game.detected.id) {
-                    self.cfg.discord.event(PartyEvent::GameStarted {
-                        member: self.cfg.member_name.clone(),
-                        game: game.detected.name.clone(),
-                    });
-                }
-            }
         }
         self.games = scan.running;
         self.update_capture();
