@@ -242,11 +242,7 @@ pub unsafe extern "C" fn lanrage_status(
     json_out: *mut *mut c_char,
 ) -> LanrageResult {
     // SAFETY: passed on with the caller's promises.
-    unsafe {
-        answer(daemon, json_out, |h| {
-            Ok(to_json(&h.running(Daemon::status)??))
-        })
-    }
+    unsafe { answer(daemon, json_out, |h| Ok(h.running(Daemon::status)??)) }
 }
 
 /// The other members as a JSON array (what `lanrage peers --json` prints). As
@@ -260,11 +256,7 @@ pub unsafe extern "C" fn lanrage_peers(
     json_out: *mut *mut c_char,
 ) -> LanrageResult {
     // SAFETY: passed on with the caller's promises.
-    unsafe {
-        answer(daemon, json_out, |h| {
-            Ok(to_json(&h.running(Daemon::peers)??))
-        })
-    }
+    unsafe { answer(daemon, json_out, |h| Ok(h.running(Daemon::peers)??)) }
 }
 
 /// Creates a party called `name` and joins it. `*json_out` is the party as JSON, its `code`
@@ -282,7 +274,7 @@ pub unsafe extern "C" fn lanrage_party_create(
     unsafe {
         answer(daemon, json_out, |h| {
             let name = text(name, "name")?;
-            Ok(to_json(&h.running(|d| d.create_party(name))??))
+            Ok(h.running(|d| d.create_party(name))??)
         })
     }
 }
@@ -302,7 +294,7 @@ pub unsafe extern "C" fn lanrage_party_join(
     unsafe {
         answer(daemon, json_out, |h| {
             let code = text(code, "code")?;
-            Ok(to_json(&h.running(|d| d.join_party(code))??))
+            Ok(h.running(|d| d.join_party(code))??)
         })
     }
 }
@@ -395,18 +387,14 @@ unsafe fn text<'a>(s: *const c_char, what: &str) -> Result<&'a str, Error> {
     })
 }
 
-fn to_json<T: serde::Serialize>(value: &T) -> String {
-    serde_json::to_string(value).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
-}
-
 /// A call that answers with JSON: `*json_out` is set to the answer, or NULL on failure.
 ///
 /// # Safety
 /// `daemon` is NULL or a live handle; `json_out` is NULL or writable.
-unsafe fn answer(
+unsafe fn answer<T: serde::Serialize>(
     daemon: *const LanrageDaemon,
     json_out: *mut *mut c_char,
-    call: impl FnOnce(&LanrageDaemon) -> Result<String, Error>,
+    call: impl FnOnce(&LanrageDaemon) -> Result<T, Error>,
 ) -> LanrageResult {
     guard(|| {
         if json_out.is_null() {
@@ -416,7 +404,12 @@ unsafe fn answer(
         unsafe { json_out.write(std::ptr::null_mut()) };
         // SAFETY: NULL or a live handle, as the caller promises.
         let handle = unsafe { handle(daemon) }?;
-        let json = call(handle)?;
+        let json = serde_json::to_string(&call(handle)?).map_err(|e| {
+            Error::new(
+                LanrageResult::Internal,
+                format!("cannot write the answer as JSON: {e}"),
+            )
+        })?;
         let json = CString::new(json)
             .map_err(|_| Error::new(LanrageResult::Internal, "an answer with a NUL in it"))?;
         // SAFETY: as above.
