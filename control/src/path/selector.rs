@@ -17,6 +17,16 @@
 //! pong is overdue is pinged every [`FAST_INTERVAL`] again, with all the others; one that stays
 //! silent for [`PATH_TIMEOUT`] is lost, and a better one of its kind replaces it only when
 //! clearly better, so paths do not flap.
+//!
+//! Probe traffic is bounded whatever arrives: rounds are paced by time (never two closer
+//! than [`MIN_ROUND_GAP`], however many pings come in), pongs are matched against every
+//! ping of the last [`PING_TIMEOUT`] (a window the pacing keeps small, so a burst of rounds
+//! cannot push out the pings whose pongs are on their way), and pongs are sent from a
+//! budget per peer. A candidate that does not answer is pinged ever less often (from
+//! [`FAST_INTERVAL`] up to [`MAX_BACKOFF`]) until it answers, its peer pings us from it, or
+//! the chosen path is lost; so a member cannot make the others probe arbitrary addresses
+//! at any rate, and addresses no peer could be reached at (loopback, multicast, link-local)
+//! are never candidates. [`MAX_PROBES_PER_SECOND`] is the resulting ceiling per peer.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -39,11 +49,28 @@ pub const PUNCH_WINDOW: Duration = Duration::from_secs(5);
 /// so this is one slow probe and about nine fast ones unanswered in a row: at 10% loss a false
 /// alarm is rarer than once a year per peer, and a dead path is left within 3 s.
 pub const PATH_TIMEOUT: Duration = Duration::from_secs(3);
-/// An unanswered ping is forgotten after this (its pong, if late, no longer counts).
-const PING_TIMEOUT: Duration = Duration::from_secs(2);
-/// Pings per candidate whose pong would still count: with a ping every 200 ms, a path with a
-/// round trip up to about 800 ms is still measured while hole punching.
-const PINGS_REMEMBERED: usize = 4;
+/// An unanswered ping is forgotten after this (its pong, if late, no longer counts): a path
+/// with a round trip up to 2 s is still measured, however fast it is pinged.
+pub const PING_TIMEOUT: Duration = Duration::from_secs(2);
+/// Rounds of pings to one peer are never closer than this, whatever arrives: a ping from the
+/// peer asks for a round at once (its NAT just opened), and two members answering each
+/// other's pings with rounds would otherwise feed each other without bound.
+pub const MIN_ROUND_GAP: Duration = Duration::from_millis(100);
+/// Pings per candidate whose pong still counts: every ping of the last [`PING_TIMEOUT`], which
+/// the pacing bounds.
+const PINGS_REMEMBERED: usize = (PING_TIMEOUT.as_millis() / MIN_ROUND_GAP.as_millis()) as usize + 1;
+/// Pings to a candidate that has not answered before it is pinged less often: two seconds of
+/// fast probing, which is what punching through two NATs takes.
+const FREE_PINGS: u32 = 10;
+/// The longest wait between pings to a candidate that does not answer: well inside the
+/// 30 s a NAT keeps an unanswered mapping, so punching still succeeds once the other side
+/// pings, and a peer that names addresses nobody answers at costs ~1 datagram/s for 8 of them.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// Pongs per second per peer that are sent (with a burst of [`PONG_BURST`]): twice what a
+/// peer probing all its candidates as fast as the pacing allows needs. A backlog of stale
+/// pings (after a stall) or a peer probing too fast gets no more.
+const PONGS_PER_SECOND: u32 = (MAX_CANDIDATES as u32) * (1000 / MIN_ROUND_GAP.as_millis() as u32);
+const PONG_BURST: u32 = 2 * MAX_CANDIDATES as u32;
 /// Round-trip samples kept for [`PathSelector::poll_round_trip`] when the owner does not ask.
 pub const MAX_ROUND_TRIPS: usize = 1024;
 /// Direct candidates per peer, advertised and learned together.
@@ -54,6 +81,12 @@ pub const MAX_RELAYED_CANDIDATES: usize = 4;
 /// Candidates per peer in all: up to [`MAX_DIRECT_CANDIDATES`] direct ones and up to
 /// [`MAX_RELAYED_CANDIDATES`] relayed ones on top.
 pub const MAX_CANDIDATES: usize = MAX_DIRECT_CANDIDATES + MAX_RELAYED_CANDIDATES;
+/// The most probe datagrams sent to one peer in any second, in any state: a ping to each
+/// candidate per round at most every [`MIN_ROUND_GAP`], and the pong budget.
+pub const MAX_PROBES_PER_SECOND: u32 = (MAX_CANDIDATES as u32)
+    * (1000 / MIN_ROUND_GAP.as_millis() as u32)
+    + PONGS_PER_SECOND
+    + PONG_BURST;
 
 /// What the owner acts on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,6 +110,8 @@ pub enum Refused {
     UnknownPeer,
     /// A pong to no ping of ours (late, replayed, or for another path).
     Unexpected,
+    /// A ping beyond what the peer's pong budget allows (not answered).
+    OverBudget,
 }
 
 #[derive(Debug, Clone)]
@@ -88,17 +123,42 @@ struct Candidate {
     last_pong: Option<Instant>,
     /// Learned from a ping's source rather than advertised by the peer.
     learned: bool,
+    /// Pings sent since the last pong, or since it became a candidate.
+    unanswered: u32,
+    /// Not pinged before this unless chosen: backing off an address that does not answer.
+    next_ping: Instant,
 }
 
 impl Candidate {
-    fn new(addr: PathAddr, learned: bool) -> Candidate {
+    fn new(addr: PathAddr, learned: bool, now: Instant) -> Candidate {
         Candidate {
             addr,
             pings: Vec::new(),
             rtt: None,
             last_pong: None,
             learned,
+            unanswered: 0,
+            next_ping: now,
         }
+    }
+
+    /// Pinged at the next round again, as a fresh candidate is.
+    fn retry_now(&mut self, now: Instant) {
+        self.unanswered = 0;
+        self.next_ping = now;
+    }
+
+    /// Records a ping sent at `now`, forgetting pings too old to count (their number is
+    /// bounded by the pacing; the cap only guards that bound), and schedules the next one.
+    fn pinged(&mut self, transaction: [u8; 12], now: Instant) {
+        self.pings
+            .retain(|&(_, sent)| now.saturating_duration_since(sent) < PING_TIMEOUT);
+        if self.pings.len() >= PINGS_REMEMBERED {
+            self.pings.remove(0);
+        }
+        self.pings.push((transaction, now));
+        self.unanswered = self.unanswered.saturating_add(1);
+        self.next_ping = now + backoff(self.unanswered);
     }
 
     fn alive(&self, now: Instant) -> Option<Duration> {
@@ -107,6 +167,41 @@ impl Candidate {
             .is_some_and(|at| now.saturating_duration_since(at) < PATH_TIMEOUT);
         self.rtt.filter(|_| fresh)
     }
+}
+
+/// How long after its `unanswered`-th unanswered ping a candidate is pinged again (besides
+/// the rounds' own pace): not at all for the first [`FREE_PINGS`], then doubling from
+/// [`FAST_INTERVAL`] up to [`MAX_BACKOFF`].
+fn backoff(unanswered: u32) -> Duration {
+    match unanswered.checked_sub(FREE_PINGS) {
+        None | Some(0) => Duration::ZERO,
+        Some(n) => FAST_INTERVAL
+            .saturating_mul(1 << (n - 1).min(16))
+            .min(MAX_BACKOFF),
+    }
+}
+
+/// Whether a peer may name `addr` as a path to it: a relay, or an address a peer could be at.
+/// Loopback, unspecified, multicast, broadcast and link-local addresses (and port 0) would
+/// make us probe ourselves, a LAN segment or another host's services for the peer's asking.
+fn acceptable(addr: PathAddr) -> bool {
+    use std::net::IpAddr;
+    let ip_ok = match addr.addr.ip() {
+        IpAddr::V4(ip) => {
+            !(ip.is_unspecified()
+                || ip.is_loopback()
+                || ip.is_multicast()
+                || ip.is_broadcast()
+                || ip.is_link_local())
+        }
+        IpAddr::V6(ip) => {
+            !(ip.is_unspecified()
+                || ip.is_loopback()
+                || ip.is_multicast()
+                || ip.is_unicast_link_local())
+        }
+    };
+    ip_ok && addr.addr.port() != 0
 }
 
 /// Whether `candidates` has room for one more of `addr`'s kind (direct or relayed).
@@ -137,6 +232,57 @@ struct PeerPaths {
     punch_until: Instant,
     /// Times the chosen path went silent (each a reconnect, for monitoring).
     losses: u32,
+    /// When the last round of pings went out (rounds are at least [`MIN_ROUND_GAP`] apart).
+    last_round: Option<Instant>,
+    /// What may be spent on pongs (see [`PONGS_PER_SECOND`]).
+    pongs: PongBudget,
+}
+
+impl PeerPaths {
+    /// When the next round may go out: when it is due, but never sooner than
+    /// [`MIN_ROUND_GAP`] after the last one.
+    fn round_at(&self) -> Instant {
+        self.last_round.map_or(self.next_round, |last| {
+            self.next_round.max(last + MIN_ROUND_GAP)
+        })
+    }
+}
+
+/// A token bucket for the pongs to one peer: [`PONGS_PER_SECOND`], bursts of [`PONG_BURST`].
+#[derive(Debug)]
+struct PongBudget {
+    tokens: u32,
+    /// When the tokens were last topped up.
+    at: Instant,
+}
+
+impl PongBudget {
+    fn new(now: Instant) -> PongBudget {
+        PongBudget {
+            tokens: PONG_BURST,
+            at: now,
+        }
+    }
+
+    /// Takes one token if there is one.
+    fn take(&mut self, now: Instant) -> bool {
+        let per_token = Duration::from_secs(1) / PONGS_PER_SECOND;
+        let elapsed = now.saturating_duration_since(self.at);
+        let earned = (elapsed.as_nanos() / per_token.as_nanos()).min(u128::from(PONG_BURST)) as u32;
+        if earned > 0 {
+            self.tokens = (self.tokens + earned).min(PONG_BURST);
+            self.at = if self.tokens == PONG_BURST {
+                now
+            } else {
+                self.at + per_token * earned
+            };
+        }
+        if self.tokens == 0 {
+            return false;
+        }
+        self.tokens -= 1;
+        true
+    }
 }
 
 /// The per-peer path state; see the module documentation.
@@ -183,9 +329,11 @@ impl PathSelector {
             slow: false,
             punch_until: now + PUNCH_WINDOW,
             losses: 0,
+            last_round: None,
+            pongs: PongBudget::new(now),
         });
         let mut merged: Vec<Candidate> = Vec::with_capacity(MAX_CANDIDATES);
-        for &addr in candidates {
+        for &addr in candidates.iter().filter(|&&a| acceptable(a)) {
             if has_room(&merged, addr) && !merged.iter().any(|c| c.addr == addr) {
                 let known = paths.candidates.iter().find(|c| c.addr == addr).cloned();
                 if known.is_none() && !addr.is_relayed() {
@@ -194,7 +342,7 @@ impl PathSelector {
                         paths.next_round = now;
                     }
                 }
-                merged.push(known.unwrap_or_else(|| Candidate::new(addr, false)));
+                merged.push(known.unwrap_or_else(|| Candidate::new(addr, false, now)));
             }
         }
         // Learned paths that answer stay, after the advertised ones.
@@ -246,6 +394,12 @@ impl PathSelector {
         let paths = self.peers.get_mut(&sender).ok_or(Refused::UnknownPeer)?;
         match frame::decode(datagram, &paths.key).map_err(Refused::Frame)? {
             Frame::Ping { transaction, .. } => {
+                if !acceptable(from) {
+                    return Err(Refused::UnknownPeer);
+                }
+                if !paths.pongs.take(now) {
+                    return Err(Refused::OverBudget);
+                }
                 // Through a relay, the source we see is the relay's.
                 let pong = Frame::Pong {
                     sender: self.me,
@@ -257,14 +411,17 @@ impl PathSelector {
                 self.transmits.push_back((from, buf[..len].to_vec()));
                 // The peer's NAT mapping toward us, or a relay channel it reaches us on: a
                 // candidate we could not have known.
-                if !paths.candidates.iter().any(|c| c.addr == from)
-                    && has_room(&paths.candidates, from)
-                {
-                    paths.candidates.push(Candidate::new(from, true));
-                    paths.next_round = now;
+                match paths.candidates.iter().position(|c| c.addr == from) {
+                    // The peer is there: back to pinging it at every round.
+                    Some(i) => paths.candidates[i].retry_now(now),
+                    None if has_room(&paths.candidates, from) => {
+                        paths.candidates.push(Candidate::new(from, true, now));
+                        paths.next_round = now;
+                    }
+                    None => {}
                 }
                 // Its ping got through, so ours may now too (its NAT just opened): ask at once
-                // rather than at the next round.
+                // rather than at the next round (the pacing still holds).
                 if paths.chosen.is_none() {
                     paths.next_round = now;
                 }
@@ -283,6 +440,7 @@ impl PathSelector {
                 let rtt = now.saturating_duration_since(sent);
                 c.rtt = Some(rtt);
                 c.last_pong = Some(now);
+                c.retry_now(now);
                 let addr = c.addr;
                 Self::choose(sender, paths, now, &mut self.events);
                 if paths.chosen == Some(addr) {
@@ -366,6 +524,10 @@ impl PathSelector {
                     paths.chosen = None;
                     paths.next_round = now;
                     paths.losses = paths.losses.saturating_add(1);
+                    // Look again everywhere a path was: one of them may be back.
+                    for c in paths.candidates.iter_mut().filter(|c| c.rtt.is_some()) {
+                        c.retry_now(now);
+                    }
                     self.events.push_back(PathEvent::Lost { peer });
                     Self::choose(peer, paths, now, &mut self.events);
                 }
@@ -384,9 +546,10 @@ impl PathSelector {
             if overdue && paths.next_round > now + FAST_INTERVAL {
                 paths.next_round = now;
             }
-            if now < paths.next_round {
+            if now < paths.round_at() {
                 continue;
             }
+            paths.last_round = Some(now);
             let punching = paths.chosen.is_some_and(|c| c.is_relayed()) && now < paths.punch_until;
             paths.slow = paths.chosen.is_some() && !overdue && !punching;
             paths.next_round = now
@@ -395,14 +558,13 @@ impl PathSelector {
                 } else {
                     FAST_INTERVAL
                 };
+            let chosen = paths.chosen;
             for c in &mut paths.candidates {
-                c.pings
-                    .retain(|&(_, sent)| now.saturating_duration_since(sent) < PING_TIMEOUT);
-                if c.pings.len() == PINGS_REMEMBERED {
-                    c.pings.remove(0);
+                if now < c.next_ping && Some(c.addr) != chosen {
+                    continue;
                 }
                 let transaction = (self.random_id)();
-                c.pings.push((transaction, now));
+                c.pinged(transaction, now);
                 let ping = Frame::Ping {
                     sender: self.me,
                     transaction,
@@ -427,7 +589,7 @@ impl PathSelector {
                     let due = SLOW_INTERVAL + FAST_INTERVAL + c.rtt.unwrap_or_default();
                     Some(c.last_pong? + due + Duration::from_millis(1))
                 });
-                overdue_at.map_or(p.next_round, |at| at.min(p.next_round))
+                overdue_at.map_or(p.round_at(), |at| at.min(p.round_at()))
             })
             .min()
     }
@@ -479,6 +641,12 @@ mod tests {
         /// Every address it sent to, in order (what its NAT has mappings for).
         sent_to: Vec<SocketAddr>,
         events: Vec<(Instant, PathEvent)>,
+        /// When each probe datagram was sent, and where.
+        sent: Vec<(Instant, PathAddr)>,
+        /// Frozen until then (a laptop suspended, a process stopped): nothing is polled, and
+        /// what arrives waits in `backlog`, as in a socket's buffer.
+        stalled_until: Option<Instant>,
+        backlog: Vec<(PathAddr, SocketAddr, Vec<u8>)>,
     }
 
     impl Host {
@@ -529,6 +697,9 @@ mod tests {
             nat,
             sent_to: Vec::new(),
             events: Vec::new(),
+            sent: Vec::new(),
+            stalled_until: None,
+            backlog: Vec::new(),
         }
     }
 
@@ -551,57 +722,123 @@ mod tests {
     /// bytes).
     type InFlight = Vec<(Instant, usize, PathAddr, SocketAddr, Vec<u8>)>;
 
-    /// Runs both hosts for `duration` in 5 ms steps; `delay(to)` is the one-way delay on a
-    /// path (through the relay, for a relayed one), `None` for unreachable.
-    fn run(
-        hosts: &mut [Host; 2],
-        relays: &[Relay],
-        t0: Instant,
-        duration: Duration,
-        delay: &dyn Fn(PathAddr) -> Option<Duration>,
-    ) {
+    /// The one-way delay on a path (through the relay, for a relayed one), `None` for
+    /// unreachable.
+    type Delay<'a> = &'a dyn Fn(PathAddr) -> Option<Duration>;
+
+    /// Runs both hosts for `duration` in 5 ms steps. As the daemon does, a host sends what
+    /// is due after every datagram it takes, and at every step.
+    fn run(hosts: &mut [Host; 2], relays: &[Relay], t0: Instant, duration: Duration, delay: Delay) {
         let mut flight: InFlight = Vec::new();
         let mut now = t0;
         while now < t0 + duration {
             for i in 0..2 {
-                let j = 1 - i;
-                while let Some((to, bytes)) = hosts[i].selector.poll_transmit(now) {
-                    if !hosts[i].sent_to.contains(&to.addr) {
-                        hosts[i].sent_to.push(to.addr);
-                    }
-                    let Some(d) = delay(to) else {
-                        continue;
-                    };
-                    let leg = match to.relay_channel {
-                        None => hosts
-                            .iter()
-                            .position(|h| h.reached_at(to.addr))
-                            .zip(hosts[i].mapped(to.addr))
-                            .map(|(k, from)| (k, PathAddr::direct(from), to.addr)),
-                        Some(channel) => relays
-                            .iter()
-                            .find(|r| r.addr == to.addr && r.channels[i] == channel)
-                            .and_then(|r| Some((j, r.path(j), hosts[j].mapped(r.addr)?))),
-                    };
-                    if let Some((k, from, at)) = leg {
-                        flight.push((now + d, k, from, at, bytes));
-                    }
+                if hosts[i].stalled_until.is_some_and(|until| now < until) {
+                    continue;
                 }
-                while let Some(e) = hosts[i].selector.poll_event() {
-                    hosts[i].events.push((now, e));
+                // Back from a stall: the socket hands over everything that queued at once.
+                for (from, at, bytes) in std::mem::take(&mut hosts[i].backlog) {
+                    deliver(
+                        hosts,
+                        relays,
+                        i,
+                        now,
+                        (from, at, &bytes),
+                        delay,
+                        &mut flight,
+                    );
                 }
+                transmit(hosts, relays, i, now, delay, &mut flight);
             }
             now += ms(5);
             let (due, later): (InFlight, InFlight) = flight.into_iter().partition(|f| f.0 <= now);
             flight = later;
             for (_, k, from, at, bytes) in due {
-                let h = &mut hosts[k];
-                if !h.admits(from.addr, at) {
-                    continue; // the NAT drops what answers nothing it sent
+                if hosts[k].stalled_until.is_some_and(|until| now < until) {
+                    hosts[k].backlog.push((from, at, bytes));
+                    continue;
                 }
-                let _ = h.selector.handle(now, from, &bytes);
+                deliver(
+                    hosts,
+                    relays,
+                    k,
+                    now,
+                    (from, at, &bytes),
+                    delay,
+                    &mut flight,
+                );
             }
         }
+    }
+
+    /// Host `k` takes a datagram from `from` that arrived at `at` (if its NAT lets it in), and
+    /// sends what that made due.
+    fn deliver(
+        hosts: &mut [Host; 2],
+        relays: &[Relay],
+        k: usize,
+        now: Instant,
+        (from, at, bytes): (PathAddr, SocketAddr, &[u8]),
+        delay: Delay,
+        flight: &mut InFlight,
+    ) {
+        if !hosts[k].admits(from.addr, at) {
+            return; // the NAT drops what answers nothing it sent
+        }
+        let _ = hosts[k].selector.handle(now, from, bytes);
+        transmit(hosts, relays, k, now, delay, flight);
+    }
+
+    /// Sends what host `i` has due, and collects its events.
+    fn transmit(
+        hosts: &mut [Host; 2],
+        relays: &[Relay],
+        i: usize,
+        now: Instant,
+        delay: Delay,
+        flight: &mut InFlight,
+    ) {
+        let j = 1 - i;
+        while let Some((to, bytes)) = hosts[i].selector.poll_transmit(now) {
+            hosts[i].sent.push((now, to));
+            if !hosts[i].sent_to.contains(&to.addr) {
+                hosts[i].sent_to.push(to.addr);
+            }
+            let Some(d) = delay(to) else {
+                continue;
+            };
+            let leg = match to.relay_channel {
+                None => hosts
+                    .iter()
+                    .position(|h| h.reached_at(to.addr))
+                    .zip(hosts[i].mapped(to.addr))
+                    .map(|(k, from)| (k, PathAddr::direct(from), to.addr)),
+                Some(channel) => relays
+                    .iter()
+                    .find(|r| r.addr == to.addr && r.channels[i] == channel)
+                    .and_then(|r| Some((j, r.path(j), hosts[j].mapped(r.addr)?))),
+            };
+            if let Some((k, from, at)) = leg {
+                flight.push((now + d, k, from, at, bytes));
+            }
+        }
+        while let Some(e) = hosts[i].selector.poll_event() {
+            hosts[i].events.push((now, e));
+        }
+    }
+
+    /// The most probe datagrams `h` sent in any one second from `since` on.
+    fn busiest_second(h: &Host, since: Instant) -> usize {
+        let times: Vec<Instant> = h.sent.iter().map(|s| s.0).filter(|&t| t >= since).collect();
+        (0..times.len())
+            .map(|i| {
+                times[i..]
+                    .iter()
+                    .take_while(|&&t| t - times[i] < Duration::from_secs(1))
+                    .count()
+            })
+            .max()
+            .unwrap_or(0)
     }
 
     fn chosen(h: &Host) -> Vec<(Duration, PathAddr)> {
@@ -1072,10 +1309,235 @@ mod tests {
         assert_eq!(a.selector.handle(t0, extra, &ping), Ok(()));
         let (to, _) = a.selector.poll_transmit(t0).unwrap();
         assert_eq!(to, extra);
+        // The round the ping asked for waits for the pacing.
+        assert_eq!(a.selector.poll_transmit(t0), None);
+        let paced = t0 + MIN_ROUND_GAP;
+        assert_eq!(a.selector.poll_timeout(), Some(paced));
         let mut sent = Vec::new();
-        while let Some((to, _)) = a.selector.poll_transmit(t0) {
+        while let Some((to, _)) = a.selector.poll_transmit(paced) {
             sent.push(to);
         }
         assert_eq!(sent, kept);
+    }
+
+    /// A member stops for a while (a laptop suspended, a daemon held up) and comes back to
+    /// a socket full of the other's pings. Both must be direct again within 5 s, and neither
+    /// may answer the backlog with rounds of its own that feed the other's (the storm this
+    /// once was: 50–150k probes a second that never matched a ping and never ended).
+    #[test]
+    fn after_a_stall_of_1_to_30_s_both_are_direct_again_within_5_s_and_probing_stays_bounded() {
+        for stall in [1, 3, 6, 10, 30].map(Duration::from_secs) {
+            let t0 = Instant::now();
+            let mut hosts = pair(Nat::PortRestricted, Nat::PortRestricted);
+            introduce(&mut hosts, &[], t0);
+            run(&mut hosts, &[], t0, Duration::from_secs(2), &internet);
+            let t1 = t0 + Duration::from_secs(2);
+            let resumed = t1 + stall;
+            hosts[1].stalled_until = Some(resumed);
+            let end = resumed + Duration::from_secs(8);
+            run(&mut hosts, &[], t1, end - t1, &internet);
+            for (i, other) in [(0, 1), (1, 0)] {
+                let h = &hosts[i];
+                let peer = hosts[other].id;
+                let direct = PathAddr::direct(hosts[other].public);
+                assert_eq!(
+                    h.selector.path(&peer, end).map(|p| p.0),
+                    Some(direct),
+                    "host {i} after a {stall:?} stall: {:?}",
+                    events_since(h, t1)
+                );
+                // Whatever happened since it resumed settled within 5 s, on the direct path.
+                let after = events_since(h, resumed);
+                assert!(
+                    after
+                        .iter()
+                        .all(|(at, _)| *at - resumed <= Duration::from_secs(5)),
+                    "host {i} after a {stall:?} stall: {after:?}"
+                );
+                if let Some((_, last)) = after.last() {
+                    assert!(
+                        matches!(last, PathEvent::Chosen { endpoint, .. } if *endpoint == direct),
+                        "host {i} after a {stall:?} stall: {after:?}"
+                    );
+                }
+                let busiest = busiest_second(h, t0);
+                assert!(
+                    busiest <= MAX_PROBES_PER_SECOND as usize,
+                    "host {i} after a {stall:?} stall: {busiest} probes in one second"
+                );
+                // Two candidates, one answering: a few probes a second, once settled.
+                let settled = busiest_second(h, end - Duration::from_secs(2));
+                assert!(
+                    settled <= 6,
+                    "host {i} after a {stall:?} stall: still {settled} probes a second"
+                );
+            }
+        }
+    }
+
+    /// A pong that takes long still counts, however many pings of the peer's ask for rounds
+    /// meanwhile: the pacing keeps rounds apart, and every ping of the window is remembered.
+    #[test]
+    fn a_slow_pong_still_counts_however_many_pings_arrive_meanwhile() {
+        let t0 = Instant::now();
+        let mut hosts = pair(Nat::Open, Nat::Open);
+        let (a, b) = (hosts[0].id, hosts[1].id);
+        let b_public = PathAddr::direct(hosts[1].public);
+        let a_public = PathAddr::direct(hosts[0].public);
+        hosts[0].selector.set_peer(t0, b, &[b_public]);
+        hosts[1].selector.set_peer(t0, a, &[a_public]);
+        let (_, first) = hosts[0].selector.poll_transmit(t0).unwrap();
+        // B's pings arrive every 5 ms for 900 ms; A answers each and sends what is due.
+        let key = PairKey::new(&StaticSecret::from([2; 32]), &a);
+        let mut rounds = 0;
+        for n in 0..180u32 {
+            let now = t0 + ms(5 * u64::from(n));
+            let mut transaction = [0; 12];
+            transaction[..4].copy_from_slice(&n.to_le_bytes());
+            let ping = Frame::Ping {
+                sender: b,
+                transaction,
+            };
+            let mut buf = [0; PONG_LEN];
+            let len = frame::encode(&ping, &key, &mut buf);
+            let _ = hosts[0].selector.handle(now, b_public, &buf[..len]);
+            while let Some((_, bytes)) = hosts[0].selector.poll_transmit(now) {
+                rounds += usize::from(
+                    frame::decode(&bytes, &key).is_ok_and(|f| matches!(f, Frame::Ping { .. })),
+                );
+            }
+        }
+        assert!(rounds <= 10, "{rounds} rounds in 900 ms");
+        // The pong to the very first ping, 900 ms late, still counts.
+        hosts[1].selector.handle(t0, a_public, &first).unwrap();
+        let (_, pong) = hosts[1].selector.poll_transmit(t0).unwrap();
+        let late = t0 + ms(900);
+        assert_eq!(hosts[0].selector.handle(late, b_public, &pong), Ok(()));
+        assert_eq!(
+            hosts[0].selector.path(&b, late).map(|p| p.0),
+            Some(b_public)
+        );
+    }
+
+    /// A peer that pings as fast as it can gets a bounded number of pongs.
+    #[test]
+    fn a_peer_pinging_too_fast_gets_a_bounded_number_of_pongs() {
+        let t0 = Instant::now();
+        let mut a = host(1, "192.168.1.2:51820", "203.0.113.1:51820", Nat::Open);
+        let b = host(2, "192.168.2.2:51820", "203.0.113.2:51820", Nat::Open);
+        let b_public = PathAddr::direct(b.public);
+        a.selector.set_peer(t0, b.id, &[b_public]);
+        while a.selector.poll_transmit(t0).is_some() {}
+        let key = PairKey::new(&StaticSecret::from([2; 32]), &a.id);
+        let flood = |a: &mut Host, now: Instant, count: u32| {
+            let mut pongs = 0;
+            for n in 0..count {
+                let mut transaction = [0; 12];
+                transaction[..4].copy_from_slice(&n.to_le_bytes());
+                let ping = Frame::Ping {
+                    sender: b.id,
+                    transaction,
+                };
+                let mut buf = [0; PONG_LEN];
+                let len = frame::encode(&ping, &key, &mut buf);
+                let _ = a.selector.handle(now, b_public, &buf[..len]);
+            }
+            while let Some((_, bytes)) = a.selector.poll_transmit(now) {
+                pongs += usize::from(bytes.len() == PONG_LEN);
+            }
+            pongs
+        };
+        let burst = flood(&mut a, t0, 1000);
+        assert!(burst <= PONG_BURST as usize, "{burst} pongs at once");
+        let second: usize = (1..=10)
+            .map(|step| flood(&mut a, t0 + ms(100 * step), 1000))
+            .sum();
+        assert!(
+            second <= PONGS_PER_SECOND as usize + 1,
+            "{second} pongs in the next second"
+        );
+        assert!(
+            second >= PONGS_PER_SECOND as usize / 2,
+            "{second}: the budget refills"
+        );
+    }
+
+    /// A member that names addresses nobody answers at (another host's, say) gets them
+    /// pinged ever less often, and addresses no peer could be at are not pinged at all.
+    #[test]
+    fn addresses_that_never_answer_are_pinged_ever_less_and_unusable_ones_never() {
+        let t0 = Instant::now();
+        let mut hosts = pair(Nat::Open, Nat::Open);
+        let (a, b) = (hosts[0].id, hosts[1].id);
+        let b_public = PathAddr::direct(hosts[1].public);
+        let victims: Vec<PathAddr> = (1..=7)
+            .map(|n| PathAddr::direct(addr(&format!("198.51.100.{n}:80"))))
+            .collect();
+        let unusable = [
+            "127.0.0.1:51820",
+            "0.0.0.0:51820",
+            "224.0.0.1:51820",
+            "255.255.255.255:51820",
+            "169.254.1.1:51820",
+            "[::1]:51820",
+            "[fe80::1]:51820",
+            "[ff02::1]:51820",
+            "203.0.113.2:0",
+        ]
+        .map(|s| PathAddr::direct(addr(s)));
+        let advertised: Vec<PathAddr> = unusable
+            .iter()
+            .chain(&victims)
+            .chain([&b_public])
+            .copied()
+            .collect();
+        hosts[0].selector.set_peer(t0, b, &advertised);
+        let a_public = PathAddr::direct(hosts[0].public);
+        hosts[1].selector.set_peer(t0, a, &[a_public]);
+        let minute = Duration::from_secs(60);
+        run(&mut hosts, &[], t0, minute, &internet);
+        let sent = &hosts[0].sent;
+        assert!(
+            sent.iter().all(|(_, to)| !unusable.contains(to)),
+            "pinged an unusable address"
+        );
+        assert_eq!(
+            hosts[0].selector.path(&b, t0 + minute).map(|p| p.0),
+            Some(b_public)
+        );
+        let to_victims = |since: Duration| {
+            sent.iter()
+                .filter(|(at, to)| *at >= t0 + since && victims.contains(to))
+                .count()
+        };
+        // Without backing off: a ping a second to each, 420 in the minute.
+        assert!(
+            to_victims(Duration::ZERO) <= 7 * 20,
+            "{}",
+            to_victims(Duration::ZERO)
+        );
+        // At most one ping every MAX_BACKOFF to each, once backed off.
+        assert!(
+            to_victims(Duration::from_secs(40)) <= 7 * 3,
+            "{}",
+            to_victims(Duration::from_secs(40))
+        );
+        // A ping from an address no peer could be at is not answered.
+        let ping = Frame::Ping {
+            sender: b,
+            transaction: [7; 12],
+        };
+        let mut buf = [0; PONG_LEN];
+        let len = frame::encode(
+            &ping,
+            &PairKey::new(&StaticSecret::from([2; 32]), &a),
+            &mut buf,
+        );
+        let loopback = PathAddr::direct(addr("127.0.0.1:51820"));
+        let later = t0 + minute;
+        assert_eq!(
+            hosts[0].selector.handle(later, loopback, &buf[..len]),
+            Err(Refused::UnknownPeer)
+        );
     }
 }
