@@ -467,3 +467,392 @@ fn silent_members_are_removed_and_the_others_told() {
     assert_eq!(after.members.len(), 1);
     let _ = std::fs::remove_dir_all(db.parent().unwrap());
 }
+
+/// POST as if through a proxy that says the client is `forwarded_for`.
+fn post_via(
+    server: &Server,
+    path: &str,
+    token: &str,
+    forwarded_for: &str,
+    body: Value,
+) -> (u16, Option<String>, Value) {
+    let mut response = agent()
+        .post(server.url(path))
+        .header("Authorization", format!("Bearer {token}"))
+        .header("X-Forwarded-For", forwarded_for)
+        .send_json(body)
+        .expect("HTTP request");
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let (status, body) = read(&mut response);
+    (status, retry_after, body)
+}
+
+/// Wrong-code joins from `client` (through the proxy) until one is refused; how many got in.
+fn guesses_until_limited(server: &Server, player: &Player, client: &str) -> usize {
+    for i in 0..40 {
+        let (status, retry_after, body) = post_via(
+            server,
+            "/v1/parties/join",
+            &player.token,
+            client,
+            json!({"code": format!("{:016}", i), "member_name": "m"}),
+        );
+        match status {
+            404 => {}
+            429 => {
+                assert!(retry_after.is_some(), "429 without Retry-After");
+                return i;
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    panic!("join attempts from {client} were never limited");
+}
+
+/// A TCP connection to `server` from `local` (any 127/8 address is loopback on Linux).
+fn connect_from(server: &Server, local: [u8; 4]) -> TcpStream {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    socket
+        .bind(&SocketAddr::from((local, 0)).into())
+        .expect("bind a loopback address");
+    socket.connect(&server.addr.into()).expect("connect");
+    let stream: TcpStream = socket.into();
+    stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    stream
+}
+
+/// What the server sends on `stream` unprompted within its read timeout: `None` if nothing.
+fn unprompted(stream: &mut TcpStream) -> Option<String> {
+    use std::io::Read;
+    let mut buf = vec![0u8; 4096];
+    match stream.read(&mut buf) {
+        Ok(n) => Some(String::from_utf8_lossy(&buf[..n]).into_owned()),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            None
+        }
+        Err(_) => Some(String::new()),
+    }
+}
+
+#[test]
+fn half_open_connections_time_out_and_the_caps_refuse_with_429_and_503() {
+    // Before: ~1,000 half-open requests used up a 1,024-descriptor limit and every member's
+    // heartbeat failed, for as long as the attacker kept them open.
+    use std::io::Write;
+    let db = temp_db("conns");
+    let server = Server::start_with(
+        &db,
+        &[
+            "--max-connections",
+            "6",
+            "--max-connections-per-source",
+            "4",
+            "--header-timeout",
+            "3",
+            "--idle-timeout",
+            "4",
+            "--request-timeout",
+            "2",
+        ],
+    );
+    // One address opens requests and never finishes them (or never starts one).
+    let mut held = Vec::new();
+    for i in 0..4 {
+        let mut stream = connect_from(&server, [127, 0, 0, 9]);
+        if i % 2 == 0 {
+            stream
+                .write_all(b"POST /v1/heartbeat HTTP/1.1\r\nHost: x\r\n")
+                .unwrap();
+        }
+        held.push(stream);
+    }
+    for stream in &mut held {
+        assert_eq!(
+            unprompted(stream),
+            None,
+            "a held connection was answered early"
+        );
+    }
+    // Its next connection is refused at once, with a reason and when to come back.
+    let mut refused = connect_from(&server, [127, 0, 0, 9]);
+    let answer = unprompted(&mut refused).expect("an answer");
+    assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+    assert!(answer.contains("Retry-After: "), "{answer}");
+    // Others still get in until the server as a whole is full; then everyone gets 503.
+    let mut others = vec![
+        connect_from(&server, [127, 0, 0, 10]),
+        connect_from(&server, [127, 0, 0, 11]),
+    ];
+    for stream in &mut others {
+        assert_eq!(unprompted(stream), None);
+    }
+    let mut full = connect_from(&server, [127, 0, 0, 12]);
+    let answer = unprompted(&mut full).expect("an answer");
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    // The server closes what stays silent: half-sent heads after the header timeout, idle
+    // connections after the idle timeout.
+    let deadline = Instant::now() + Duration::from_secs(8);
+    for stream in held.iter_mut().chain(others.iter_mut()) {
+        loop {
+            match unprompted(stream) {
+                // A 408 for the half-sent head, or simply the end of the stream.
+                Some(text) if text.is_empty() => break,
+                Some(_) => continue,
+                None => assert!(Instant::now() < deadline, "a silent connection stayed open"),
+            }
+        }
+    }
+    // A body that never comes: 408 once the request time is up.
+    let mut slow = connect_from(&server, [127, 0, 0, 13]);
+    slow.write_all(
+        b"POST /v1/auth/challenge HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+          Content-Length: 100\r\n\r\n{",
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let answer = loop {
+        if let Some(text) = unprompted(&mut slow) {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a trickled body held its connection"
+        );
+    };
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    // And everyone is served again.
+    let mut alice = Player::new(31);
+    alice.login(&server);
+    let (status, body) = alice.post(
+        &server,
+        "/v1/parties",
+        json!({"name": "p", "member_name": "alice"}),
+    );
+    assert_eq!(status, 201, "{body}");
+    let _ = std::fs::remove_dir_all(db.parent().unwrap());
+}
+
+#[test]
+fn behind_a_trusted_proxy_each_client_has_its_own_limits() {
+    // Before: the join limiter was keyed by the TCP peer, so behind a TLS proxy one guesser
+    // locked out every real user.
+    let db = temp_db("proxy");
+    let server = Server::start_with(
+        &db,
+        &[
+            "--trusted-proxy",
+            "127.0.0.0/8",
+            "--max-parties-per-source",
+            "2",
+        ],
+    );
+    let mut mallory = Player::new(41);
+    mallory.login(&server);
+    let allowed = guesses_until_limited(&server, &mallory, "198.51.100.66");
+    assert!(allowed >= 5, "limited after {allowed}");
+    // A client forging the header is ignored: the proxy's own entry (right-most) counts.
+    let (status, _, _) = post_via(
+        &server,
+        "/v1/parties/join",
+        &mallory.token,
+        "203.0.113.1, 198.51.100.66",
+        json!({"code": "0000000000000000", "member_name": "m"}),
+    );
+    assert_eq!(status, 429);
+    // Another user behind the same proxy is not locked out.
+    let (status, _, body) = post_via(
+        &server,
+        "/v1/parties/join",
+        &mallory.token,
+        "198.51.100.7",
+        json!({"code": "0000000000000000", "member_name": "m"}),
+    );
+    assert_eq!(status, 404, "{body}");
+    // Party creates are counted per client too.
+    let mut created = 0;
+    let mut refused = None;
+    for seed in 50..54 {
+        let mut p = Player::new(seed);
+        p.login(&server);
+        let (status, retry_after, body) = post_via(
+            &server,
+            "/v1/parties",
+            &p.token,
+            "198.51.100.66",
+            json!({"name": "flood", "member_name": "m"}),
+        );
+        match status {
+            201 => created += 1,
+            429 => {
+                refused = Some(retry_after);
+                break;
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    assert_eq!(created, 2);
+    assert!(refused.expect("a third party from one client").is_some());
+    let mut alice = Player::new(60);
+    alice.login(&server);
+    let (status, _, body) = post_via(
+        &server,
+        "/v1/parties",
+        &alice.token,
+        "198.51.100.7",
+        json!({"name": "mine", "member_name": "alice"}),
+    );
+    assert_eq!(status, 201, "{body}");
+    drop(server);
+
+    // Without --trusted-proxy, nobody's forwarding headers are believed.
+    let server = Server::start(&db);
+    mallory.login(&server);
+    let mut limited = false;
+    for i in 0..40 {
+        let (status, _, _) = post_via(
+            &server,
+            "/v1/parties/join",
+            &mallory.token,
+            &format!("198.51.100.{i}"),
+            json!({"code": format!("{:016}", i), "member_name": "m"}),
+        );
+        if status == 429 {
+            limited = true;
+            break;
+        }
+    }
+    assert!(limited, "a forged X-Forwarded-For escaped the limit");
+    let _ = std::fs::remove_dir_all(db.parent().unwrap());
+}
+
+#[test]
+fn event_streams_are_capped_and_heartbeat_floods_refused() {
+    let db = temp_db("streams");
+    let server = Server::start_with(&db, &["--max-websockets-per-source", "2"]);
+    let (mut alice, mut bob, mut carol) = (Player::new(71), Player::new(72), Player::new(73));
+    for p in [&mut alice, &mut bob, &mut carol] {
+        p.login(&server);
+    }
+    let (_, body) = alice.post(
+        &server,
+        "/v1/parties",
+        json!({"name": "p", "member_name": "alice"}),
+    );
+    let party: PartyJson = serde_json::from_value(body).unwrap();
+    for p in [&bob, &carol] {
+        let (status, _) = p.post(
+            &server,
+            "/v1/parties/join",
+            json!({"code": party.code, "member_name": "m"}),
+        );
+        assert_eq!(status, 200);
+    }
+    let mut old = alice.events(&server);
+    assert!(matches!(old.next(), EventJson::Snapshot { .. }));
+    let mut bobs = bob.events(&server);
+    assert!(matches!(bobs.next(), EventJson::Snapshot { .. }));
+    // A third stream from one address is refused with 429.
+    let mut request = format!("ws://{}/v1/events", server.addr)
+        .into_client_request()
+        .unwrap();
+    request.headers_mut().insert(
+        "Authorization",
+        format!("Bearer {}", carol.token).parse().unwrap(),
+    );
+    match tungstenite::connect(request) {
+        Err(tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status().as_u16(), 429);
+            assert!(response.headers().contains_key("retry-after"));
+        }
+        Err(e) => panic!("expected 429, got {e}"),
+        Ok(_) => panic!("a third event stream from one address was accepted"),
+    }
+    // A member's new stream replaces its old one (which ends) within the cap.
+    let mut new = alice.events(&server);
+    assert!(matches!(new.next(), EventJson::Snapshot { .. }));
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    loop {
+        match old.0.read() {
+            Ok(Message::Close(_)) | Err(_) => break,
+            Ok(_) => assert!(Instant::now() < deadline, "the old stream stayed open"),
+        }
+    }
+
+    // Heartbeats in a loop: a burst gets through (each change pushed once), then 429.
+    let mut refused = None;
+    for port in 0..200u16 {
+        let mut response = agent()
+            .post(server.url("/v1/heartbeat"))
+            .header("Authorization", format!("Bearer {}", bob.token))
+            .send_json(json!({"endpoints": [format!("192.0.2.2:{}", 1000 + port)]}))
+            .unwrap();
+        match response.status().as_u16() {
+            204 => {}
+            429 => {
+                refused = response
+                    .headers()
+                    .get("retry-after")
+                    .map(|v| v.to_str().unwrap().to_owned());
+                break;
+            }
+            other => panic!("unexpected {other}: {:?}", read(&mut response)),
+        }
+    }
+    let secs: u64 = refused
+        .expect("heartbeats were never limited")
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&secs), "Retry-After {secs}");
+    // Alice's stream still works and saw bob's changes.
+    assert!(matches!(new.next(), EventJson::Updated { .. }));
+    let _ = std::fs::remove_dir_all(db.parent().unwrap());
+}
+
+/// Resident memory of process `pid`, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+#[test]
+fn an_event_stream_costs_the_server_little_memory() {
+    // Before: ~134 KB per WebSocket (tungstenite's 128 KiB buffers).
+    const STREAMS: u64 = 150;
+    let db = temp_db("wsmem");
+    let server = Server::start(&db);
+    let mut players: Vec<Player> = (0..STREAMS as u8).map(|i| Player::new(100 + i)).collect();
+    for p in &mut players {
+        p.login(&server);
+    }
+    // One stream first, so that what every stream shares is already there.
+    let mut streams = vec![players[0].events(&server)];
+    streams[0].next();
+    std::thread::sleep(Duration::from_millis(200));
+    let before = rss_kib(server.child.id());
+    for p in &players[1..] {
+        let mut events = p.events(&server);
+        assert!(matches!(events.next(), EventJson::Snapshot { party: None }));
+        streams.push(events);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let per_stream = rss_kib(server.child.id()).saturating_sub(before) / (STREAMS - 1);
+    eprintln!("server memory per event stream: {per_stream} KiB");
+    assert!(per_stream < 48, "{per_stream} KiB per event stream");
+    let _ = std::fs::remove_dir_all(db.parent().unwrap());
+}

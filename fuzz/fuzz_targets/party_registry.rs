@@ -27,6 +27,7 @@ fn config() -> RegistryConfig {
         subnet: "10.66.0.0/29".parse().expect("a valid subnet"),
         max_members: 5,
         stale_after: Duration::from_secs(60),
+        first_heartbeat_within: Duration::from_secs(20),
         max_parties: 4,
     }
 }

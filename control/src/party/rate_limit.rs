@@ -1,4 +1,6 @@
-//! Per-client rate limit on join attempts, so party codes cannot be brute-forced online.
+//! Per-client rate limits: join attempts (so party codes cannot be brute-forced online), and
+//! the control server's other per-source and per-key limits (challenges, tokens, creates,
+//! heartbeats), all token buckets of the same kind.
 //!
 //! Sans-IO: the caller passes its clock reading to every call, which also makes refill testable
 //! without sleeping. Arithmetic is integer-only; a token is [`UNITS_PER_TOKEN`] units so that a
@@ -6,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::hash::Hash;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
@@ -37,7 +40,7 @@ impl fmt::Display for RetryAfter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "too many join attempts; retry after {} s",
+            "too many attempts; retry after {} s",
             self.secs_rounded_up()
         )
     }
@@ -46,23 +49,26 @@ impl fmt::Display for RetryAfter {
 impl std::error::Error for RetryAfter {}
 
 /// Token buckets for join attempts, one per client network, in bounded memory.
+pub type JoinLimiter = RateLimiter<SourceKey>;
+
+/// Token buckets, one per key (a client network, a peer), in bounded memory.
 ///
 /// Keys live in std's `HashMap`, whose per-process random hash key stops an attacker from
-/// choosing addresses that collide.
+/// choosing keys that collide.
 #[derive(Debug)]
-pub struct JoinLimiter {
+pub struct RateLimiter<K> {
     burst: u32,
     per_minute: u32,
     max_keys: usize,
-    buckets: HashMap<ClientKey, Bucket>,
+    buckets: HashMap<K, Bucket>,
     /// No stored bucket is full before this instant; `None` when none ever will be. Lets a full
     /// table refuse a flood of new clients without rescanning every bucket per request.
     next_idle: Option<Instant>,
 }
 
-impl JoinLimiter {
-    /// Each client network may make `burst` attempts at once, then `per_minute` per minute.
-    /// At most `max_keys` networks are tracked; past that, new ones are refused (fail closed).
+impl<K: Hash + Eq> RateLimiter<K> {
+    /// Each key may make `burst` attempts at once, then `per_minute` per minute. At most
+    /// `max_keys` keys are tracked; past that, new ones are refused (fail closed).
     pub fn new(burst: u32, per_minute: u32, max_keys: usize) -> Self {
         Self {
             burst,
@@ -74,14 +80,14 @@ impl JoinLimiter {
         }
     }
 
-    /// Spends one of `client`'s tokens, or says how long until one is available. A refused
+    /// Spends one of `key`'s tokens, or says how long until one is available. A refused
     /// attempt spends nothing.
-    pub fn check(&mut self, now: Instant, client: IpAddr) -> Result<(), RetryAfter> {
+    pub fn check(&mut self, now: Instant, key: impl Into<K>) -> Result<(), RetryAfter> {
         if self.burst == 0 {
             return Err(RetryAfter(NEVER_REFILLS));
         }
         let capacity = self.capacity();
-        let key = ClientKey::from(client);
+        let key = key.into();
         if let Some(bucket) = self.buckets.get_mut(&key) {
             bucket.refill(now, self.per_minute, capacity);
             return bucket.take(self.per_minute);
@@ -121,7 +127,7 @@ impl JoinLimiter {
         self.next_idle = next_idle;
     }
 
-    /// Client networks currently tracked.
+    /// Keys currently tracked.
     pub fn len(&self) -> usize {
         self.buckets.len()
     }
@@ -140,17 +146,17 @@ impl JoinLimiter {
     }
 }
 
-/// Who a bucket belongs to.
+/// A client network, as every per-source limit counts it.
 ///
 /// IPv6 is grouped by /64 because that is the smallest prefix routed to a site: one attacker
 /// holds 2^64 addresses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-enum ClientKey {
+pub enum SourceKey {
     V4(Ipv4Addr),
     V6Prefix(u64),
 }
 
-impl From<IpAddr> for ClientKey {
+impl From<IpAddr> for SourceKey {
     fn from(addr: IpAddr) -> Self {
         match addr {
             IpAddr::V4(v4) => Self::V4(v4),
@@ -160,6 +166,18 @@ impl From<IpAddr> for ClientKey {
                 Some(v4) => Self::V4(v4),
                 None => Self::V6Prefix((v6.to_bits() >> 64) as u64),
             },
+        }
+    }
+}
+
+impl fmt::Display for SourceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SourceKey::V4(v4) => v4.fmt(f),
+            SourceKey::V6Prefix(prefix) => {
+                let net = std::net::Ipv6Addr::from_bits(u128::from(*prefix) << 64);
+                write!(f, "{net}/64")
+            }
         }
     }
 }
@@ -318,6 +336,27 @@ mod tests {
         }
         assert!(limiter.check(t0, v4(1)).is_err());
         assert_eq!(limiter.len(), 10);
+    }
+
+    #[test]
+    fn any_key_type_gets_its_own_buckets() {
+        // The server limits heartbeats per member (keyed by peer) as well as per network.
+        let t0 = Instant::now();
+        let mut limiter: RateLimiter<u32> = RateLimiter::new(2, 60, 100);
+        assert_eq!(limiter.check(t0, 7u32), Ok(()));
+        assert_eq!(limiter.check(t0, 7u32), Ok(()));
+        assert_eq!(limiter.check(t0, 7u32), Err(RetryAfter(SECOND)));
+        assert_eq!(limiter.check(t0, 8u32), Ok(()));
+        assert_eq!(limiter.check(t0 + SECOND, 7u32), Ok(()));
+    }
+
+    #[test]
+    fn source_keys_print_as_networks() {
+        assert_eq!(SourceKey::from(v4(1)).to_string(), "192.0.2.1");
+        assert_eq!(
+            SourceKey::from(v6("2001:db8:1:2::1")).to_string(),
+            "2001:db8:1:2::/64"
+        );
     }
 
     #[test]

@@ -22,6 +22,11 @@ pub struct RegistryConfig {
     pub max_members: usize,
     /// Members silent for this long are removed.
     pub stale_after: Duration,
+    /// A member that has not sent its first heartbeat this long after creating or joining is
+    /// removed (or at `stale_after`, if sooner). The daemon sends one at once; a party made by
+    /// a client that never does (a flood of creates with throwaway keys) ends soon instead of
+    /// holding a place for `stale_after`.
+    pub first_heartbeat_within: Duration,
     /// Parties in all; bounds what one server can be made to hold.
     pub max_parties: usize,
 }
@@ -32,6 +37,7 @@ impl Default for RegistryConfig {
             subnet: DEFAULT_SUBNET,
             max_members: 64,
             stale_after: Duration::from_secs(5 * 60),
+            first_heartbeat_within: Duration::from_secs(60),
             max_parties: 10_000,
         }
     }
@@ -170,6 +176,8 @@ struct MemberState {
     endpoints: Vec<SocketAddr>,
     nat: NatType,
     last_seen: Instant,
+    /// It has sent a heartbeat (or was restored from storage): the full `stale_after` applies.
+    confirmed: bool,
 }
 
 pub struct Registry {
@@ -295,6 +303,7 @@ impl Registry {
         let id = *self.by_peer.get(&peer).ok_or(PartyError::NotInParty)?;
         let state = self.member_mut(id, peer).ok_or(PartyError::NotInParty)?;
         state.last_seen = now;
+        state.confirmed = true;
         let mut changed = false;
         if let Some(endpoints) = endpoints.filter(|e| *e != state.endpoints) {
             state.endpoints = endpoints;
@@ -313,14 +322,14 @@ impl Registry {
         Ok(())
     }
 
-    /// Removes members silent for longer than `stale_after`; returns how many.
+    /// Removes members silent for longer than `stale_after` (or never heard from within
+    /// `first_heartbeat_within`); returns how many. A party left empty ends.
     pub fn expire(&mut self, now: Instant) -> usize {
-        let stale_after = self.config.stale_after;
         let stale: Vec<PeerId> = self
             .parties
             .values()
             .flat_map(|p| p.members.iter())
-            .filter(|(_, m)| now.saturating_duration_since(m.last_seen) >= stale_after)
+            .filter(|(_, m)| now >= self.deadline(m))
             .map(|(&peer, _)| peer)
             .collect();
         for &peer in &stale {
@@ -334,8 +343,29 @@ impl Registry {
         self.parties
             .values()
             .flat_map(|p| p.members.values())
-            .map(|m| m.last_seen + self.config.stale_after)
+            .map(|m| self.deadline(m))
             .min()
+    }
+
+    /// When `member` is removed unless heard from again.
+    fn deadline(&self, member: &MemberState) -> Instant {
+        let allowed = if member.confirmed {
+            self.config.stale_after
+        } else {
+            self.config
+                .first_heartbeat_within
+                .min(self.config.stale_after)
+        };
+        member.last_seen + allowed
+    }
+
+    /// Parties held now.
+    pub fn len(&self) -> usize {
+        self.parties.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.parties.is_empty()
     }
 
     pub fn party_of(&self, peer: PeerId) -> Option<PartyView> {
@@ -412,6 +442,8 @@ impl Registry {
                     endpoints: m.endpoints.clone(),
                     nat: m.nat,
                     last_seen: now,
+                    // It was a member before the restart; its daemon is only catching up.
+                    confirmed: true,
                 },
             );
         }
@@ -505,6 +537,7 @@ impl MemberState {
             endpoints: Vec::new(),
             nat: NatType::Unknown,
             last_seen: now,
+            confirmed: false,
         }
     }
 }
@@ -655,6 +688,10 @@ mod tests {
         r.create(t, peer(1), "a", "p", code(1)).unwrap();
         r.join(t + Duration::from_secs(60), &code(1), peer(2), "b")
             .unwrap();
+        // Both heartbeat at once, as the daemon does, so the full `stale_after` applies.
+        r.heartbeat(t, peer(1), None, None).unwrap();
+        r.heartbeat(t + Duration::from_secs(60), peer(2), None, None)
+            .unwrap();
         events(&mut r);
         assert_eq!(r.next_expiry(), Some(t + stale));
         r.heartbeat(t + stale - Duration::from_secs(1), peer(1), None, None)
@@ -670,6 +707,60 @@ mod tests {
                     reason: LeaveReason::Expired
                 }
             )]
+        );
+    }
+
+    #[test]
+    fn parties_whose_members_never_heartbeat_end_early() {
+        // One source creating parties with throwaway keys and never heartbeating must not
+        // hold the server's capacity for `stale_after`.
+        let t = Instant::now();
+        let config = RegistryConfig {
+            max_parties: 2,
+            ..RegistryConfig::default()
+        };
+        let first = config.first_heartbeat_within;
+        let stale = config.stale_after;
+        let mut r = Registry::new(config).unwrap();
+        r.create(t, peer(1), "a", "p", code(1)).unwrap();
+        r.create(t, peer(2), "b", "q", code(2)).unwrap();
+        assert_eq!(
+            r.create(t, peer(3), "c", "r", code(3)),
+            Err(PartyError::TooManyParties)
+        );
+        // peer(2) heartbeats as the daemon does, right after creating.
+        r.heartbeat(t + Duration::from_secs(1), peer(2), None, None)
+            .unwrap();
+        assert_eq!(r.next_expiry(), Some(t + first));
+        assert_eq!(r.expire(t + first - Duration::from_millis(1)), 0);
+        assert_eq!(r.expire(t + first), 1);
+        assert!(r.party_of(peer(1)).is_none());
+        assert_eq!(r.len(), 1);
+        assert!(r.drain_changed().contains(&PartyId(1)));
+        r.create(t + first, peer(3), "c", "r", code(3)).unwrap();
+        r.heartbeat(t + first, peer(3), None, None).unwrap();
+        // Confirmed members keep the full `stale_after`.
+        assert!(r.party_of(peer(2)).is_some());
+        assert_eq!(r.expire(t + stale), 0);
+        assert_eq!(r.expire(t + stale + Duration::from_secs(1)), 1);
+        assert_eq!(r.expire(t + first + stale), 1);
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn restored_members_get_the_full_stale_after() {
+        let t = Instant::now();
+        let mut r = registry();
+        r.create(t, peer(1), "a", "p", code(1)).unwrap();
+        let mut restored = registry();
+        for record in r.records() {
+            restored.restore(t, record).unwrap();
+        }
+        let first = RegistryConfig::default().first_heartbeat_within;
+        assert_eq!(restored.expire(t + first), 0);
+        assert_eq!(
+            restored.next_expiry(),
+            Some(t + RegistryConfig::default().stale_after)
         );
     }
 
