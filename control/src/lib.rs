@@ -14,5 +14,6 @@ pub mod relay;
 pub mod server_api;
 pub mod servers;
 pub mod settings;
+pub mod shown_text;
 pub mod sqlite;
 pub mod uapi;

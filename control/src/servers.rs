@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::shown_text;
+
 /// The UDP port announcements go to, on each member's virtual IP.
 pub const PORT: u16 = 8669;
 
@@ -149,6 +151,11 @@ impl Announcement {
             groups.retain(Ipv4Addr::is_multicast);
             groups.sort_unstable();
             groups.dedup();
+        }
+        // Another member's words, for this player's screen.
+        for s in &mut announcement.servers {
+            s.game = shown_text::clean(&s.game, MAX_TEXT);
+            s.name = shown_text::clean(&s.name, MAX_TEXT);
         }
         Ok(announcement)
     }
@@ -453,5 +460,15 @@ mod tests {
         assert_eq!(games, [(bob, "css")]);
         list.forget(bob);
         assert_eq!(list.servers().count(), 0);
+    }
+
+    #[test]
+    fn a_server_name_cannot_reach_a_terminal_raw() {
+        let bytes = br#"{"servers":[{"game":"w\u001b[2J","name":"\u001b]0;x\u0007Free\u202egold","port":1}]}"#;
+        let a = Announcement::decode(bytes).unwrap();
+        assert_eq!(
+            (a.servers[0].game.as_str(), a.servers[0].name.as_str()),
+            ("w[2J", "]0;xFreegold")
+        );
     }
 }

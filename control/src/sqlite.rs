@@ -19,7 +19,11 @@ pub fn open(path: &Path) -> rusqlite::Result<Connection> {
             Some(format!("cannot make {} private: {e}", path.display())),
         )
     };
-    match fs::metadata(path) {
+    match fs::symlink_metadata(path) {
+        // Root would chmod, and SQLite write, whatever the link points at.
+        Ok(meta) if meta.file_type().is_symlink() => {
+            return Err(private(std::io::Error::other("it is a link")));
+        }
         Ok(meta) if meta.permissions().mode() & 0o077 != 0 => {
             fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(private)?;
         }

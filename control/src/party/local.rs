@@ -17,11 +17,13 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
+use super::MAX_NAME_CHARS;
 use super::code::PartyCode;
 use crate::ipam::candidates;
 use crate::nat::NatType;
 use crate::peer_id::PeerId;
 use crate::server_api::{MemberJson, PartyJson};
+use crate::shown_text;
 
 /// Where announcements go: an administratively scoped group, sent with TTL 1.
 pub const GROUP: Ipv4Addr = Ipv4Addr::new(239, 255, 66, 66);
@@ -164,7 +166,7 @@ impl LocalParty {
         }
         let endpoint = SocketAddr::new(from.ip(), a.port);
         let seen = Seen {
-            name: a.name,
+            name: shown_text::clean(&a.name, MAX_NAME_CHARS),
             ip: a.ip,
             endpoint,
             seq: a.seq,

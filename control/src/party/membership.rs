@@ -10,9 +10,14 @@ use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use ipnet::Ipv4Net;
+
+use super::MAX_NAME_CHARS;
+use super::scope::{self, ScopeError};
 use crate::nat::NatType;
 use crate::peer_id::PeerId;
 use crate::server_api::{EventJson, Heartbeat, MemberJson, PartyJson};
+use crate::shown_text;
 
 /// How often a member tells the server it is alive: well inside the server's 5-minute expiry,
 /// so one lost heartbeat (or two) does not drop a player.
@@ -91,6 +96,12 @@ pub struct Membership {
     heartbeat_failures: u32,
     reconnect_at: Option<Instant>,
     backoff: Duration,
+    /// The party's subnet, once a party was taken ([`scope`]).
+    subnet: Option<Ipv4Net>,
+    /// Why the server's last party was not taken, if it was not.
+    refused: Option<ScopeError>,
+    /// Members left out for an address outside the party's subnet (or our own).
+    members_refused: u64,
 }
 
 impl Membership {
@@ -107,7 +118,30 @@ impl Membership {
             heartbeat_failures: 0,
             reconnect_at: None,
             backoff: RECONNECT_MIN,
+            subnet: None,
+            refused: None,
+            members_refused: 0,
         }
+    }
+
+    /// Why the server's last party was refused, while it is.
+    pub fn refused(&self) -> Option<&ScopeError> {
+        self.refused.as_ref()
+    }
+
+    /// Members left out so far for an address outside the party's subnet.
+    pub fn members_refused(&self) -> u64 {
+        self.members_refused
+    }
+
+    /// Whether `member` may be a peer: its address is a member address of the party's
+    /// subnet, and not ours (its allowed IP would take our own traffic).
+    fn acceptable(&self, member: &MemberJson) -> bool {
+        self.subnet
+            .is_some_and(|net| scope::is_member_address(net, member.virtual_ip))
+            && self
+                .address
+                .is_none_or(|(ours, _)| ours != member.virtual_ip)
     }
 
     /// The party as last heard, with members kept up to date by events.
@@ -117,7 +151,7 @@ impl Membership {
 
     pub fn handle(&mut self, now: Instant, input: Input) -> Vec<Action> {
         let mut actions = Vec::new();
-        match input {
+        match shown(input) {
             Input::Joined(party) => {
                 self.adopt(Some(party), &mut actions);
                 self.next_heartbeat = Some(now);
@@ -139,6 +173,11 @@ impl Membership {
                     self.next_heartbeat = None;
                 }
                 self.adopt(party, &mut actions);
+            }
+            Input::Event(EventJson::Joined { member } | EventJson::Updated { member })
+                if member.peer != self.me && !self.acceptable(&member) =>
+            {
+                self.members_refused += 1;
             }
             Input::Event(EventJson::Joined { member } | EventJson::Updated { member }) => {
                 if let Some(party) = &mut self.party {
@@ -230,15 +269,22 @@ impl Membership {
 
     /// Makes the tunnel match `party` (or no party).
     fn adopt(&mut self, party: Option<PartyJson>, actions: &mut Vec<Action>) {
-        let mine = party.as_ref().and_then(|p| {
+        // A party whose subnet or our address in it is not acceptable is no party at all.
+        let (party, subnet) = match party.map(|p| (scope::check(&p, self.me), p)) {
+            Some((Ok(net), p)) => {
+                self.refused = None;
+                (Some(p), Some(net))
+            }
+            Some((Err(why), _)) => {
+                self.refused = Some(why);
+                (None, None)
+            }
+            None => (None, None),
+        };
+        self.subnet = subnet;
+        let mine = party.as_ref().zip(subnet).and_then(|(p, net)| {
             let me = p.members.iter().find(|m| m.peer == self.me)?;
-            let prefix_len = p
-                .subnet
-                .split_once('/')
-                .and_then(|(_, len)| len.parse().ok())
-                .filter(|&len: &u8| len <= 32)
-                .unwrap_or(16);
-            Some((me.virtual_ip, prefix_len))
+            Some((me.virtual_ip, net.prefix_len()))
         });
         if mine != self.address {
             actions.push(match mine {
@@ -250,12 +296,17 @@ impl Membership {
             });
             self.address = mine;
         }
-        let others: Vec<MemberJson> = party
+        let (others, outside): (Vec<MemberJson>, Vec<MemberJson>) = party
             .iter()
             .flat_map(|p| p.members.iter())
             .filter(|m| m.peer != self.me)
             .cloned()
-            .collect();
+            .partition(|m| self.acceptable(m));
+        self.members_refused += outside.len() as u64;
+        let party = party.map(|mut p| {
+            p.members.retain(|m| !outside.contains(m));
+            p
+        });
         let gone: Vec<PeerId> = self
             .peers
             .keys()
@@ -288,6 +339,33 @@ impl Membership {
             });
             self.peers.insert(member.peer, peer);
         }
+    }
+}
+
+/// `input` with the names in it made safe to show ([`shown_text`]): they are other players'
+/// choice, and reach terminals, web pages and Discord.
+fn shown(input: Input) -> Input {
+    let member = |mut m: MemberJson| {
+        m.name = shown_text::clean(&m.name, MAX_NAME_CHARS);
+        m
+    };
+    let party = |mut p: PartyJson| {
+        p.name = shown_text::clean(&p.name, MAX_NAME_CHARS);
+        p.members = p.members.into_iter().map(member).collect();
+        p
+    };
+    match input {
+        Input::Joined(p) => Input::Joined(party(p)),
+        Input::Event(EventJson::Snapshot { party: p }) => Input::Event(EventJson::Snapshot {
+            party: p.map(party),
+        }),
+        Input::Event(EventJson::Joined { member: m }) => {
+            Input::Event(EventJson::Joined { member: member(m) })
+        }
+        Input::Event(EventJson::Updated { member: m }) => {
+            Input::Event(EventJson::Updated { member: member(m) })
+        }
+        other => other,
     }
 }
 
@@ -529,5 +607,53 @@ mod tests {
         // Leaving stops the heartbeats.
         assert_eq!(m.handle(t, Input::Left), vec![Action::ClearAddress]);
         assert!(m.poll(t + HEARTBEAT_INTERVAL * 10).is_empty());
+    }
+
+    /// A hostile or compromised server: a subnet that would route half the internet into
+    /// the tunnel is refused whole; a member at a public address, or at ours, is left out.
+    #[test]
+    fn a_server_cannot_route_traffic_outside_a_private_party_subnet_into_the_tunnel() {
+        let t = Instant::now();
+        let mut m = Membership::new(id(1));
+        let mut wide = party(vec![member(1, None), member(2, None)]);
+        wide.subnet = "128.0.0.0/1".into();
+        let actions = m.handle(t, Input::Joined(wide));
+        assert!(
+            !actions
+                .iter()
+                .any(|a| matches!(a, Action::SetAddress { .. } | Action::UpsertPeer { .. })),
+            "{actions:?}"
+        );
+        assert!(matches!(m.refused(), Some(ScopeError::NotPrivate(_))));
+        assert!(m.party().is_none());
+
+        let mut public = member(3, None);
+        public.virtual_ip = Ipv4Addr::new(8, 8, 8, 8);
+        let mut twin = member(4, None);
+        twin.virtual_ip = Ipv4Addr::new(10, 66, 0, 1);
+        let actions = m.handle(
+            t,
+            Input::Joined(party(vec![
+                member(1, None),
+                member(2, None),
+                public.clone(),
+                twin,
+            ])),
+        );
+        assert!(m.refused().is_none());
+        let peers: Vec<PeerId> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::UpsertPeer { peer, .. } => Some(*peer),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(peers, [id(2)]);
+        assert_eq!(m.members_refused(), 2);
+        assert_eq!(m.party().map(|p| p.members.len()), Some(2));
+        // Pushed later, the same.
+        let actions = m.handle(t, Input::Event(EventJson::Joined { member: public }));
+        assert_eq!(actions, []);
+        assert_eq!(m.members_refused(), 3);
     }
 }

@@ -11,6 +11,7 @@ pub mod local;
 pub mod membership;
 pub mod rate_limit;
 mod registry;
+pub mod scope;
 pub mod source;
 pub mod store;
 

@@ -5,9 +5,11 @@ use super::error::{UapiError, errno};
 use super::parse::{ScopeResolver, parse_request_bytes};
 use super::types::Request;
 
-/// Largest request [`RequestFramer::new`] accepts: about 20,000 allowed IPs, far beyond any
-/// real configuration, yet small enough that a hostile local client cannot exhaust memory.
-pub const DEFAULT_MAX_REQUEST_LEN: usize = 1 << 20;
+/// Largest request [`RequestFramer::new`] accepts: about 2.5 million allowed IPs. `wg setconf`
+/// sends a whole configuration in one request, and large ones are real (a 100,000-address
+/// table is 2.6 MB; wireguard-go takes it). The socket is its owner's alone, so the bound is
+/// against a runaway client, not another user: 64 MiB at most per connection.
+pub const DEFAULT_MAX_REQUEST_LEN: usize = 64 << 20;
 
 /// An idle connection keeps at most this much buffer capacity after a large request.
 const RETAINED_CAPACITY: usize = 64 << 10;

@@ -916,6 +916,28 @@ fn framer_rejects_endless_line_without_buffering_it() {
     assert!(big.push(b"x").is_err());
 }
 
+/// What `wg setconf` sends for a peer that routes 100,000 addresses (2.6 MB): wireguard-go
+/// takes it, and so do we.
+#[test]
+fn framer_takes_a_configuration_of_100k_allowed_ips() {
+    let lines: String = (0..100_000u32)
+        .map(|n| {
+            let [_, a, b, c] = n.to_be_bytes();
+            format!("allowed_ip=10.{a}.{b}.{c}/32\n")
+        })
+        .collect();
+    let text = peer_with(&lines);
+    assert!(text.len() > 2_000_000);
+    let mut framer = RequestFramer::new();
+    for chunk in text.as_bytes().chunks(64 << 10) {
+        framer.push(chunk).unwrap();
+    }
+    match framer.next_request() {
+        Some(Ok(Request::Set(set))) => assert_eq!(set.peers[0].allowed_ips.len(), 100_000),
+        other => panic!("{other:?}"),
+    }
+}
+
 #[test]
 fn framer_debug_hides_buffered_bytes() {
     let mut framer = RequestFramer::new();

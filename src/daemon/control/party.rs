@@ -10,6 +10,7 @@ use lanrage_control::ipam::DEFAULT_SUBNET;
 use lanrage_control::party::code::PartyCode;
 use lanrage_control::party::local::LocalParty;
 use lanrage_control::party::membership::{Action, Input};
+use lanrage_control::party::scope;
 use lanrage_control::peer_id::PeerId;
 use lanrage_control::server_api::{EventJson, Heartbeat, PartyJson};
 use lanrage_engine::lan::LanScope;
@@ -40,6 +41,11 @@ impl State {
         };
         match client.party() {
             Ok(Some(party)) => {
+                if let Err(why) = scope::check(&party, self.cfg.me) {
+                    tracing::error!(%why, "not resuming the party");
+                    self.server_state = why.to_string();
+                    return;
+                }
                 tracing::info!(party = %party.name, "resuming party membership");
                 self.server_state = "connected".into();
                 self.feed(Input::Joined(party));
@@ -317,6 +323,10 @@ impl State {
     ) -> Result<PartyJson, (u16, String)> {
         let party = result?;
         self.server_state = "connected".into();
+        if let Err(why) = scope::check(&party, self.cfg.me) {
+            tracing::error!(%why, "party refused");
+            return Err((502, why.to_string()));
+        }
         tracing::info!(party = %party.name, members = party.members.len(), "in party");
         self.feed(Input::Joined(party.clone()));
         Ok(party)
