@@ -1,8 +1,8 @@
 //! The commands that talk to a running daemon through its local API: human output by
 //! default, `--json` for scripts.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Result;
 use clap::{Args, Subcommand};
@@ -10,16 +10,28 @@ use lanrage_control::server_api::PartyJson;
 use lanrage_games::profile::{GameProfile, ProfileSet};
 use serde::Serialize;
 
-use crate::local_api::{Client, DEFAULT_ADDR, HostRequest, PeerInfo, Status};
+mod connect_watch;
+mod member_query;
+pub mod output;
+
+use self::connect_watch::ConnectWatch;
+use crate::local_api::{Client, DEFAULT_DATA_DIR, HostRequest, PeerInfo, Status};
 
 /// Local parties (no control server) have no server-side id.
 const LOCAL_PARTY_ID: u64 = 0;
 
 #[derive(Args, Debug, Clone)]
 pub struct ApiArgs {
-    /// The daemon's local API.
-    #[arg(long, global = true, default_value_t = DEFAULT_ADDR)]
-    pub api: SocketAddr,
+    /// The daemon's data directory: its local API's socket is there (`run/api.sock`), which
+    /// root and the group `lanrage` may use.
+    #[arg(
+        long,
+        value_name = "DIR",
+        global = true,
+        env = "LANRAGE_DATA_DIR",
+        default_value = DEFAULT_DATA_DIR
+    )]
+    pub data_dir: PathBuf,
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     pub json: bool,
@@ -30,12 +42,10 @@ pub struct GamesArgs {
     #[command(flatten)]
     pub api: ApiArgs,
     /// List every known game profile (built in, and the data directory's `games/*.json`)
-    /// instead of the running games; needs no daemon.
+    /// instead of the running games; needs no daemon. Custom ones are in the data
+    /// directory's `games/` folder.
     #[arg(long)]
     pub known: bool,
-    /// The data directory whose `games/` folder holds custom profiles.
-    #[arg(long, value_name = "DIR", default_value = "/var/lib/lanrage")]
-    pub data_dir: PathBuf,
 }
 
 #[derive(Subcommand, Debug, Clone)]
@@ -85,7 +95,7 @@ pub struct PingArgs {
 const DOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub fn down(api: &ApiArgs) -> Result<()> {
-    let client = Client::new(api.api);
+    let client = Client::new(&api.data_dir);
     client.shutdown()?;
     let asked = std::time::Instant::now();
     // Gone once the API no longer answers: the interface, rules and port mapping are undone
@@ -102,27 +112,13 @@ pub fn down(api: &ApiArgs) -> Result<()> {
     if api.json {
         return print_json(&serde_json::json!({ "stopped": true }));
     }
-    println!("lanrage: stopped");
+    say!("lanrage: stopped");
     Ok(())
 }
 
 pub fn ping(args: &PingArgs) -> Result<()> {
-    let peers = Client::new(args.api.api).peers()?;
-    let peer = peers
-        .iter()
-        .find(|p| p.name == args.peer || p.virtual_ip.to_string() == args.peer)
-        .ok_or_else(|| {
-            let names: Vec<&str> = peers.iter().map(|p| p.name.as_str()).collect();
-            anyhow::anyhow!(
-                "no member {:?} in the party (members: {})",
-                args.peer,
-                if names.is_empty() {
-                    "none".to_owned()
-                } else {
-                    names.join(", ")
-                }
-            )
-        })?;
+    let peers = Client::new(&args.api.data_dir).peers()?;
+    let peer = member_query::find(&peers, &args.peer).map_err(anyhow::Error::msg)?;
     let endpoint = peer
         .endpoint
         .map_or_else(|| "no endpoint yet".into(), |e| e.to_string());
@@ -148,9 +144,11 @@ pub fn ping(args: &PingArgs) -> Result<()> {
     let probe = peer
         .rtt_ms
         .map_or_else(String::new, |ms| format!(", probes say {ms:.1} ms"));
-    println!(
+    say!(
         "{} ({}): {} path via {endpoint}{probe}",
-        peer.name, peer.virtual_ip, peer.path
+        peer.name,
+        peer.virtual_ip,
+        peer.path
     );
     let status = ping
         .status()
@@ -191,7 +189,7 @@ impl PingSummary {
 }
 
 pub fn status(api: &ApiArgs) -> Result<()> {
-    let status = Client::new(api.api).status()?;
+    let status = Client::new(&api.data_dir).status()?;
     if api.json {
         return print_json(&status);
     }
@@ -199,20 +197,31 @@ pub fn status(api: &ApiArgs) -> Result<()> {
     Ok(())
 }
 
+/// `lanrage ui`: the web UI's address with its token (only who may use the socket learns
+/// it); opening it once logs the browser in.
+pub fn ui(api: &ApiArgs) -> Result<()> {
+    let ui = Client::new(&api.data_dir).ui()?;
+    if api.json {
+        return print_json(&ui);
+    }
+    say!("Open the web UI at {}", ui.url);
+    Ok(())
+}
+
 pub fn peers(api: &ApiArgs) -> Result<()> {
-    let peers = Client::new(api.api).peers()?;
+    let peers = Client::new(&api.data_dir).peers()?;
     if api.json {
         return print_json(&peers);
     }
     if peers.is_empty() {
-        println!("no peers (not in a party, or alone in it)");
+        say!("no peers (not in a party, or alone in it)");
     }
     print_peers(&peers);
     Ok(())
 }
 
 pub fn servers(api: &ApiArgs, command: Option<&ServersCommand>) -> Result<()> {
-    let client = Client::new(api.api);
+    let client = Client::new(&api.data_dir);
     match command {
         None | Some(ServersCommand::List) => {}
         Some(ServersCommand::Host {
@@ -228,14 +237,14 @@ pub fn servers(api: &ApiArgs, command: Option<&ServersCommand>) -> Result<()> {
                 players: *players,
             })?;
             if !api.json {
-                println!("announcing {game} on port {port} to the party");
+                say!("announcing {game} on port {port} to the party");
             }
             return Ok(());
         }
         Some(ServersCommand::Unhost { port }) => {
             client.unhost(*port)?;
             if !api.json {
-                println!("no longer announcing port {port}");
+                say!("no longer announcing port {port}");
             }
             return Ok(());
         }
@@ -245,7 +254,7 @@ pub fn servers(api: &ApiArgs, command: Option<&ServersCommand>) -> Result<()> {
         return print_json(&servers);
     }
     if servers.is_empty() {
-        println!("no game servers in the party (a running game with its port open is announced)");
+        say!("no game servers in the party (a running game with its port open is announced)");
     }
     for s in &servers {
         let latency = match s.latency_ms {
@@ -258,11 +267,11 @@ pub fn servers(api: &ApiArgs, command: Option<&ServersCommand>) -> Result<()> {
             (Some(p), None) => format!(", {p} players"),
             _ => String::new(),
         };
-        println!(
+        say!(
             "{:<32} {:>21}  {:<16} {}{}",
-            s.name,
+            shown(&s.name),
             format!("{}:{}", s.address, s.port),
-            s.game,
+            shown(&s.game),
             latency,
             players
         );
@@ -272,7 +281,7 @@ pub fn servers(api: &ApiArgs, command: Option<&ServersCommand>) -> Result<()> {
 
 pub fn games(args: &GamesArgs) -> Result<()> {
     if args.known {
-        let (profiles, errors) = ProfileSet::load(&args.data_dir);
+        let (profiles, errors) = ProfileSet::load(&args.api.data_dir);
         for error in &errors {
             eprintln!("lanrage: skipped: {error}");
         }
@@ -283,9 +292,12 @@ pub fn games(args: &GamesArgs) -> Result<()> {
                 all.iter().map(|p| (p.id.as_str(), *p)).collect();
             return print_json(&by_id);
         }
-        println!(
+        say!(
             "{:<24} {:<44} {:<22} {:<5} DISCOVERY",
-            "ID", "NAME", "EXECUTABLE", "PROTO"
+            "ID",
+            "NAME",
+            "EXECUTABLE",
+            "PROTO"
         );
         for p in &all {
             let ports: Vec<String> = p.ports.iter().map(u16::to_string).collect();
@@ -294,7 +306,7 @@ pub fn games(args: &GamesArgs) -> Result<()> {
                 .iter()
                 .map(|d| format!("{}:{}", d.address, d.port))
                 .collect();
-            println!(
+            say!(
                 "{:<24} {:<44} {:<22} {:<5} {}  (ports {})",
                 p.id,
                 p.name,
@@ -308,20 +320,20 @@ pub fn games(args: &GamesArgs) -> Result<()> {
                 ports.join(",")
             );
         }
-        println!("{} games known", all.len());
+        say!("{} games known", all.len());
         return Ok(());
     }
-    let status = Client::new(args.api.api).status()?;
+    let status = Client::new(&args.api.data_dir).status()?;
     if args.api.json {
         return print_json(&status.games);
     }
     if status.game_scan_ms.is_none() {
-        println!("game detection is off (lanrage up --no-game-detection)");
+        say!("game detection is off (lanrage up --no-game-detection)");
     } else if status.games.is_empty() {
-        println!("no known game running (lanrage games --known lists them)");
+        say!("no known game running (lanrage games --known lists them)");
     }
     for g in &status.games {
-        println!(
+        say!(
             "{:<24} {:<44} {} ({:.0}% sure{})",
             g.id,
             g.name,
@@ -343,40 +355,40 @@ fn listening_note(ports: &[u16]) -> String {
 }
 
 pub fn party(api: &ApiArgs, command: &PartyCommand) -> Result<()> {
-    let client = Client::new(api.api);
+    let client = Client::new(&api.data_dir);
     match command {
         PartyCommand::Create { name } => {
             let party = client.create(name)?;
             if api.json {
                 return print_json(&party);
             }
-            println!("Created party \"{}\".", party.name);
+            say!("Created party \"{}\".", party.name);
             if party.id == LOCAL_PARTY_ID {
-                println!("No control server: only players on this LAN can join.");
+                say!("No control server: only players on this LAN can join.");
             }
-            println!("Share this code with your friends: {}", party.code);
-            println!("They join with: lanrage party join {}", party.code);
+            say!("Share this code with your friends: {}", party.code);
+            say!("They join with: lanrage party join {}", party.code);
             print_members(&party);
-            connect_progress(&client);
+            connect_progress(&client, &party);
         }
         PartyCommand::Join { code } => {
             let party = client.join(code)?;
             if api.json {
                 return print_json(&party);
             }
-            println!("Joined party \"{}\".", party.name);
+            say!("Joined party \"{}\".", party.name);
             print_members(&party);
             if party.id == LOCAL_PARTY_ID {
-                println!("(local party: members on this LAN appear as they announce themselves)");
+                say!("(local party: members on this LAN appear as they announce themselves)");
             }
-            connect_progress(&client);
+            connect_progress(&client, &party);
         }
         PartyCommand::Leave => {
             client.leave()?;
             if api.json {
                 return print_json(&serde_json::json!({"left": true}));
             }
-            println!("Left the party.");
+            say!("Left the party.");
         }
     }
     Ok(())
@@ -387,36 +399,23 @@ const CONNECT_WATCH: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Shows each member as a path to it is found (direct or relayed, and its ping), until all
 /// are connected or [`CONNECT_WATCH`] has passed.
-fn connect_progress(client: &Client) {
+fn connect_progress(client: &Client, party: &PartyJson) {
+    let mut watch = if party.id == LOCAL_PARTY_ID {
+        ConnectWatch::new(0, connect_watch::LOCAL_SETTLE)
+    } else {
+        ConnectWatch::new(party.members.len().saturating_sub(1), Duration::ZERO)
+    };
     let started = std::time::Instant::now();
-    let mut shown = std::collections::HashSet::new();
-    let mut said_waiting = false;
     while started.elapsed() < CONNECT_WATCH {
         let Ok(peers) = client.peers() else {
             return;
         };
-        for p in &peers {
-            if p.path != "searching" && shown.insert(p.virtual_ip) {
-                let ping = p
-                    .rtt_ms
-                    .map_or_else(String::new, |ms| format!(", {ms:.1} ms"));
-                println!(
-                    "  connected to {} ({}): {}{ping}",
-                    p.name, p.virtual_ip, p.path
-                );
-            }
+        let step = watch.step(started.elapsed(), &peers);
+        for line in &step.lines {
+            say!("{line}");
         }
-        let waiting: Vec<&str> = peers
-            .iter()
-            .filter(|p| !shown.contains(&p.virtual_ip))
-            .map(|p| p.name.as_str())
-            .collect();
-        if !peers.is_empty() && waiting.is_empty() {
+        if step.done {
             return;
-        }
-        if !waiting.is_empty() && !said_waiting {
-            println!("  finding a path to {}…", waiting.join(", "));
-            said_waiting = true;
         }
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
@@ -428,37 +427,45 @@ fn connect_progress(client: &Client) {
         .map(|p| p.name)
         .collect();
     if !missing.is_empty() {
-        println!(
+        say!(
             "  no path yet to {} (still trying; `lanrage peers` shows progress)",
             missing.join(", ")
         );
     }
 }
 
+/// Another player's words, made safe for this terminal (the daemon cleans them as they come
+/// in; this holds whatever an older or other daemon says).
+fn shown(text: &str) -> String {
+    lanrage_control::shown_text::clean(text, 64)
+}
+
 pub fn print_json<T: Serialize>(value: &T) -> Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    say!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
 
 fn print_status(s: &Status) {
-    println!("interface:  {} (port {})", s.interface, s.listen_port);
-    println!("public key: {}", s.public_key);
+    say!("interface:  {} (port {})", s.interface, s.listen_port);
+    say!("public key: {}", s.public_key);
     match &s.server {
-        Some(url) => println!("server:     {url} ({})", s.server_state),
-        None => println!("server:     none"),
+        Some(url) => say!("server:     {url} ({})", s.server_state),
+        None => say!("server:     none"),
     }
     match &s.party {
         Some(p) => {
             let ip = p.virtual_ip.map_or_else(|| "-".into(), |ip| ip.to_string());
-            println!(
+            say!(
                 "party:      \"{}\", code {}, {} member(s); virtual IP {ip}",
-                p.name, p.code, p.members
+                shown(&p.name),
+                p.code,
+                p.members
             );
         }
-        None => println!("party:      none (lanrage party create NAME | party join CODE)"),
+        None => say!("party:      none (lanrage party create NAME | party join CODE)"),
     }
     match &s.nat {
-        Some(n) => println!(
+        Some(n) => say!(
             "NAT:        {}{}{} (checked {} s ago)",
             n.nat_type,
             n.reflexive
@@ -470,18 +477,18 @@ fn print_status(s: &Status) {
             },
             n.checked_secs_ago
         ),
-        None => println!("NAT:        not checked yet"),
+        None => say!("NAT:        not checked yet"),
     }
     match &s.port_mapping {
-        Some(m) => println!("port map:   {m} (the router forwards it to us)"),
-        None => println!("port map:   none (the router offers none, or --no-port-mapping)"),
+        Some(m) => say!("port map:   {m} (the router forwards it to us)"),
+        None => say!("port map:   none (the router offers none, or --no-port-mapping)"),
     }
     match s.game_scan_ms {
-        None => println!("games:      detection off (--no-game-detection)"),
-        Some(_) if s.games.is_empty() => println!("games:      none running"),
+        None => say!("games:      detection off (--no-game-detection)"),
+        Some(_) if s.games.is_empty() => say!("games:      none running"),
         Some(_) => {
             for g in &s.games {
-                println!(
+                say!(
                     "game:       {} ({}, {:.0}% sure{})",
                     g.name,
                     g.process.as_deref().unwrap_or("-"),
@@ -491,20 +498,21 @@ fn print_status(s: &Status) {
             }
         }
     }
-    println!(
+    say!(
         "tunnel:     MTU {}, keepalive every {} s",
-        s.mtu, s.keepalive_secs
+        s.mtu,
+        s.keepalive_secs
     );
     if !s.latency_lane_ports.is_empty() {
         let ports: Vec<String> = s.latency_lane_ports.iter().map(u16::to_string).collect();
-        println!("lane ports: {} (their packets go first)", ports.join(", "));
+        say!("lane ports: {} (their packets go first)", ports.join(", "));
     }
     if !s.drops.is_empty() {
         let drops: Vec<String> = s.drops.iter().map(|(r, n)| format!("{r} {n}")).collect();
-        println!("dropped:    {}", drops.join(", "));
+        say!("dropped:    {}", drops.join(", "));
     }
     for r in &s.relays {
-        println!(
+        say!(
             "relay:      {} for {}: {}{}",
             r.relay,
             r.peer,
@@ -514,14 +522,14 @@ fn print_status(s: &Status) {
         );
     }
     if !s.peers.is_empty() {
-        println!();
+        say!();
         print_peers(&s.peers);
     }
 }
 
 fn print_members(party: &PartyJson) {
     for m in &party.members {
-        println!("  {:<16} {}", m.virtual_ip, m.name);
+        say!("  {:<16} {}", m.virtual_ip, shown(&m.name));
     }
 }
 
@@ -529,9 +537,16 @@ fn print_peers(peers: &[PeerInfo]) {
     if peers.is_empty() {
         return;
     }
-    println!(
+    say!(
         "{:<20} {:<15} {:<8} {:<22} {:>9} {:>10} {:>12} {:>12}",
-        "NAME", "VIRTUAL IP", "PATH", "ENDPOINT", "RTT", "HANDSHAKE", "RECEIVED", "SENT"
+        "NAME",
+        "VIRTUAL IP",
+        "PATH",
+        "ENDPOINT",
+        "RTT",
+        "HANDSHAKE",
+        "RECEIVED",
+        "SENT"
     );
     for p in peers {
         let endpoint = p.endpoint.map_or_else(|| "-".into(), |e| e.to_string());
@@ -541,9 +556,9 @@ fn print_peers(peers: &[PeerInfo]) {
         let rtt = p
             .rtt_ms
             .map_or_else(|| "-".into(), |ms| format!("{ms:.1} ms"));
-        println!(
+        say!(
             "{:<20} {:<15} {:<8} {:<22} {:>9} {:>10} {:>12} {:>12}",
-            p.name,
+            shown(&p.name),
             p.virtual_ip,
             p.path,
             endpoint,

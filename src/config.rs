@@ -2,8 +2,6 @@
 //! which applies what it can at once, or, when none runs, in the data directory's database
 //! directly, for the daemon's next start.
 
-use std::path::PathBuf;
-
 use anyhow::{Result, anyhow};
 use clap::{Args, Subcommand};
 use lanrage_control::settings::store::ConfigurationSummary;
@@ -18,16 +16,10 @@ use crate::local_api::{Client, NotRunning, SettingInfo, SettingsReport};
 pub struct ConfigArgs {
     #[command(subcommand)]
     pub command: ConfigCommand,
+    /// Also the data directory whose settings database is changed when no daemon runs
+    /// (`--data-dir`).
     #[command(flatten)]
     pub api: ApiArgs,
-    /// The data directory whose settings database is changed when no daemon runs.
-    #[arg(
-        long,
-        value_name = "DIR",
-        global = true,
-        default_value = "/var/lib/lanrage"
-    )]
-    pub data_dir: PathBuf,
 }
 
 #[derive(Subcommand, Debug, Clone)]
@@ -112,18 +104,21 @@ fn refusal((_, message): (u16, String)) -> anyhow::Error {
 }
 
 pub fn run(args: &ConfigArgs) -> Result<()> {
-    let client = Client::new(args.api.api);
+    let client = Client::new(&args.api.data_dir);
     let mut settings = match client.settings() {
         Ok(_) => Settings::Daemon(client),
         Err(e) if e.downcast_ref::<NotRunning>().is_some() => {
             if !args.api.json {
                 eprintln!(
                     "(no daemon running: using {} directly; changes apply when it starts)",
-                    args.data_dir.join(crate::daemon::settings::FILE).display()
+                    args.api
+                        .data_dir
+                        .join(crate::daemon::settings::FILE)
+                        .display()
                 );
             }
             Settings::Offline(Box::new(SettingsBook::open(
-                &args.data_dir,
+                &args.api.data_dir,
                 Default::default(),
             )))
         }
@@ -150,7 +145,7 @@ pub fn run(args: &ConfigArgs) -> Result<()> {
             if json {
                 return print_json(info);
             }
-            println!("{}", show(&info.value));
+            say!("{}", show(&info.value));
         }
         ConfigCommand::Set { key, value } => {
             // Checked here too, so a typo is refused before anything is sent.
@@ -161,7 +156,7 @@ pub fn run(args: &ConfigArgs) -> Result<()> {
             if json {
                 return print_json(&info);
             }
-            println!(
+            say!(
                 "{} = {} ({})",
                 info.key,
                 show(&info.value),
@@ -173,7 +168,7 @@ pub fn run(args: &ConfigArgs) -> Result<()> {
             if json {
                 return print_json(&info);
             }
-            println!(
+            say!(
                 "{} = {} (the default; {})",
                 info.key,
                 show(&info.value),
@@ -183,7 +178,7 @@ pub fn run(args: &ConfigArgs) -> Result<()> {
         ConfigCommand::Save { name } => {
             settings.save(name)?;
             if !json {
-                println!("saved the settings as {name:?}");
+                say!("saved the settings as {name:?}");
             }
         }
         ConfigCommand::Use { name } => {
@@ -191,7 +186,7 @@ pub fn run(args: &ConfigArgs) -> Result<()> {
             if json {
                 return print_json(&report);
             }
-            println!("{name:?} is the active configuration");
+            say!("{name:?} is the active configuration");
             let pending: Vec<&str> = report
                 .settings
                 .iter()
@@ -199,7 +194,7 @@ pub fn run(args: &ConfigArgs) -> Result<()> {
                 .map(|s| s.key.as_str())
                 .collect();
             if !pending.is_empty() {
-                println!(
+                say!(
                     "takes effect when the daemon restarts: {}",
                     pending.join(", ")
                 );
@@ -211,7 +206,7 @@ pub fn run(args: &ConfigArgs) -> Result<()> {
                 return print_json(&configurations);
             }
             for c in configurations {
-                println!(
+                say!(
                     "{} {:<32} {} setting{} set",
                     if c.active { "*" } else { " " },
                     c.name,
@@ -223,7 +218,7 @@ pub fn run(args: &ConfigArgs) -> Result<()> {
         ConfigCommand::Delete { name } => {
             settings.delete(name)?;
             if !json {
-                println!("deleted {name:?}");
+                say!("deleted {name:?}");
             }
         }
     }
@@ -232,13 +227,13 @@ pub fn run(args: &ConfigArgs) -> Result<()> {
 
 fn print_report(report: &SettingsReport) {
     match &report.configuration {
-        Some(name) => println!("configuration: {name} ({})", report.database),
-        None => println!("configuration: none ({})", report.database),
+        Some(name) => say!("configuration: {name} ({})", report.database),
+        None => say!("configuration: none ({})", report.database),
     }
     for problem in &report.problems {
-        println!("warning: {problem}");
+        say!("warning: {problem}");
     }
-    println!();
+    say!();
     for s in &report.settings {
         let origin = if s.from_flag {
             "flag"
@@ -252,7 +247,7 @@ fn print_report(report: &SettingsReport) {
             (Applies::Now, false) => "live",
             (Applies::AtRestart, false) => "at restart",
         };
-        println!("{:<18} {:<30} {origin:<8} {applies}", s.key, show(&s.value));
+        say!("{:<18} {:<30} {origin:<8} {applies}", s.key, show(&s.value));
     }
 }
 

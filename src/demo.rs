@@ -161,7 +161,16 @@ impl Lab {
         }
 
         self.step("alice: lanrage peers")?;
-        let out = self.sh(&self.ns("alice"), &[&self.bin.to_string_lossy(), "peers"])?;
+        let alice = self.ns("alice");
+        let out = self.sh(
+            &alice,
+            &[
+                &self.bin.to_string_lossy(),
+                "peers",
+                "--data-dir",
+                &self.data_dir(&alice),
+            ],
+        )?;
         for line in String::from_utf8_lossy(&out.stdout).lines() {
             println!("    {line}");
         }
@@ -177,9 +186,10 @@ impl Lab {
 
         if args.pause {
             println!(
-                "\nNamespaces {}-*; try: ip netns exec {} lanrage status. Press Enter to clean up.",
+                "\nNamespaces {}-*; try: ip netns exec {} lanrage status --data-dir {}. Press Enter to clean up.",
                 self.id,
-                self.ns("alice")
+                self.ns("alice"),
+                self.data_dir(&self.ns("alice"))
             );
             let mut line = String::new();
             let _ = std::io::stdin().read_line(&mut line);
@@ -264,11 +274,20 @@ impl Lab {
         cmd(&full)
     }
 
+    /// The data directory of the player whose namespace is `ns`: its daemon's local API
+    /// socket is there, so the CLI is pointed at it (every player is on one file system).
+    fn data_dir(&self, ns: &str) -> String {
+        let player = ns.strip_prefix(&format!("{}-", self.id)).unwrap_or(ns);
+        self.dir.join(player).to_string_lossy().into_owned()
+    }
+
     /// Runs the CLI in `ns` with `args` (which end in --json) and parses its output.
     fn lanrage(&self, ns: &str, args: &[&str]) -> Result<Value> {
         let bin = self.bin.to_string_lossy();
+        let data_dir = self.data_dir(ns);
         let mut full = vec![bin.as_ref()];
         full.extend_from_slice(args);
+        full.extend_from_slice(&["--data-dir", &data_dir]);
         let out = self.sh(ns, &full)?;
         Ok(serde_json::from_slice(&out.stdout)?)
     }

@@ -46,18 +46,19 @@ pub fn read<R: DeserializeOwned>(
 ) -> Result<R, Refusal> {
     let status = response.status().as_u16();
     let text = response.body_mut().read_to_string().unwrap_or_default();
+    decode(status, &text)
+}
+
+/// Client side: an answer's status and body, read by whatever transport carried them.
+pub fn decode<R: DeserializeOwned>(status: u16, text: &str) -> Result<R, Refusal> {
     if !(200..300).contains(&status) {
-        let message = serde_json::from_str::<ErrorJson>(&text)
+        let message = serde_json::from_str::<ErrorJson>(text)
             .map(|e| e.error)
             .unwrap_or_else(|_| format!("HTTP {status}"));
         return Err(Refusal { status, message });
     }
     // 204 and friends: decode "null" so unit-like results work.
-    let text = if text.trim().is_empty() {
-        "null"
-    } else {
-        &text
-    };
+    let text = if text.trim().is_empty() { "null" } else { text };
     serde_json::from_str(text).map_err(|e| Refusal {
         status,
         message: format!("unexpected answer: {e}"),

@@ -2,6 +2,17 @@
 //! GUI shells embed it this way), and the other modules are the commands of the `lanrage`
 //! binary, which is a thin command line over them.
 
+/// `println!` for the command line's output, which ends the command quietly when the reader
+/// has gone ([`cli::output`]).
+macro_rules! say {
+    () => {
+        $crate::cli::output::write(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::cli::output::write(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
 pub mod cli;
 pub mod config;
 pub mod control_server;

@@ -1,5 +1,8 @@
-//! The daemon's local API (`127.0.0.1:8666`, JSON): the types both sides use, and the
-//! client the CLI talks through.
+//! The daemon's local API (JSON): the types both sides use, and the client the CLI talks
+//! through. The CLI reaches it over the Unix socket [`socket_path`] in the daemon's data
+//! directory, which only root and the group `lanrage` may use; the same routes are served on
+//! `127.0.0.1:8666` for the web UI and programs, with the token in the data directory's
+//! [`TOKEN_FILE`] (see `daemon::api`).
 //!
 //! - `GET /status` → [`Status`]
 //! - `GET /api/peers` → `[`[`PeerInfo`]`]`
@@ -17,6 +20,7 @@
 //! - `GET /` → the web UI (`/ui/app.js`, `/ui/style.css`)
 //! - `GET /api/settings` → [`SettingsReport`]: every setting, its value and where it comes from
 //! - `PUT /api/settings/KEY` [`SettingChange`] → [`SettingInfo`]; `DELETE` resets it
+//! - `GET /api/ui` → [`UiInfo`]: the web UI's address with the token (the socket only)
 //! - `GET /api/configurations` → the saved configurations
 //! - `POST /api/configurations` [`ConfigurationRequest`] → 204: save the settings as NAME
 //! - `POST /api/configurations/NAME/activate` → [`SettingsReport`]; `DELETE …/NAME` → 204
@@ -25,6 +29,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Result, anyhow};
@@ -34,9 +39,23 @@ use lanrage_control::settings::store::ConfigurationSummary;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-/// Where the daemon serves its API unless told otherwise.
-pub const DEFAULT_ADDR: SocketAddr =
-    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), 8666);
+/// The daemon's data directory unless told otherwise (`--data-dir`, `LANRAGE_DATA_DIR`).
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/lanrage";
+
+/// The TCP API's token, in the data directory (mode 0640, group `lanrage`).
+pub const TOKEN_FILE: &str = "api-token";
+
+/// The local API's Unix socket for the data directory `data_dir`: in a directory of its own,
+/// so that it can be bound where nobody else can reach it yet.
+pub fn socket_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("run").join("api.sock")
+}
+
+/// `GET /api/ui`: where the web UI is, with the token that opens it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UiInfo {
+    pub url: String,
+}
 
 /// A game server in the party, as `lanrage servers` shows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -263,7 +282,8 @@ impl std::fmt::Display for NotRunning {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "no LANrage daemon is running at {} (start one with `lanrage up`)",
+            "no LANrage daemon is running at {} (start one with `lanrage up`, or name its data \
+             directory with --data-dir or LANRAGE_DATA_DIR)",
             self.0
         )
     }
@@ -271,22 +291,24 @@ impl std::fmt::Display for NotRunning {
 
 impl std::error::Error for NotRunning {}
 
-/// The CLI's side.
+/// Creating or joining waits for the control server (5 s) and the tunnel.
+const TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The CLI's side: HTTP/1.1 over the daemon's Unix socket.
 pub struct Client {
-    base: String,
-    agent: ureq::Agent,
+    socket: PathBuf,
+    runtime: tokio::runtime::Runtime,
 }
 
 impl Client {
-    pub fn new(addr: SocketAddr) -> Self {
+    /// The client of the daemon whose data directory is `data_dir`.
+    pub fn new(data_dir: &Path) -> Self {
         Client {
-            base: format!("http://{addr}"),
-            agent: ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                // Creating or joining waits for the control server (5 s) and the tunnel.
-                .timeout_global(Some(Duration::from_secs(15)))
+            socket: socket_path(data_dir),
+            runtime: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
                 .build()
-                .into(),
+                .expect("cannot start a Tokio runtime for the local API client"),
         }
     }
 
@@ -300,6 +322,11 @@ impl Client {
 
     pub fn servers(&self) -> Result<Vec<ServerInfo>> {
         self.get("/api/servers")
+    }
+
+    /// The web UI's address, with its token.
+    pub fn ui(&self) -> Result<UiInfo> {
+        self.get("/api/ui")
     }
 
     pub fn host(&self, request: &HostRequest) -> Result<()> {
@@ -346,19 +373,15 @@ impl Client {
     }
 
     pub fn set_setting(&self, key: &str, value: serde_json::Value) -> Result<SettingInfo> {
-        let response = self
-            .agent
-            .put(format!("{}/api/settings/{key}", self.base))
-            .send_json(&SettingChange { value });
-        self.decode(response)
+        self.call(
+            hyper::Method::PUT,
+            &format!("/api/settings/{key}"),
+            Some(serde_json::to_vec(&SettingChange { value })?),
+        )
     }
 
     pub fn reset_setting(&self, key: &str) -> Result<SettingInfo> {
-        let response = self
-            .agent
-            .delete(format!("{}/api/settings/{key}", self.base))
-            .call();
-        self.decode(response)
+        self.call(hyper::Method::DELETE, &format!("/api/settings/{key}"), None)
     }
 
     pub fn configurations(&self) -> Result<Vec<ConfigurationSummary>> {
@@ -378,37 +401,101 @@ impl Client {
     }
 
     pub fn delete_configuration(&self, name: &str) -> Result<()> {
-        let response = self
-            .agent
-            .delete(format!("{}/api/configurations/{name}", self.base))
-            .call();
-        self.decode::<serde_json::Value>(response).map(drop)
+        self.call::<serde_json::Value>(
+            hyper::Method::DELETE,
+            &format!("/api/configurations/{name}"),
+            None,
+        )
+        .map(drop)
     }
 
     fn get<R: DeserializeOwned>(&self, path: &str) -> Result<R> {
-        let response = self.agent.get(format!("{}{path}", self.base)).call();
-        self.decode(response)
+        self.call(hyper::Method::GET, path, None)
     }
 
     fn post<B: Serialize, R: DeserializeOwned>(&self, path: &str, body: Option<&B>) -> Result<R> {
-        let request = self.agent.post(format!("{}{path}", self.base));
-        let response = match body {
-            Some(body) => request.send_json(body),
-            None => request.send_empty(),
-        };
-        self.decode(response)
+        let body = body.map(serde_json::to_vec).transpose()?;
+        self.call(hyper::Method::POST, path, body)
     }
 
-    fn decode<R: DeserializeOwned>(
+    /// One request on a connection of its own; the answer's value, or the daemon's refusal.
+    fn call<R: DeserializeOwned>(
         &self,
-        response: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+        method: hyper::Method,
+        path: &str,
+        body: Option<Vec<u8>>,
     ) -> Result<R> {
-        let mut response = response.map_err(|e| match e {
-            ureq::Error::Io(ref io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
-                anyhow::Error::new(NotRunning(self.base.clone()))
+        let exchange = self.exchange(method, path, body);
+        let (status, text) = match self
+            .runtime
+            // The timer is made inside the runtime, whose clock it needs.
+            .block_on(async { tokio::time::timeout(TIMEOUT, exchange).await })
+        {
+            Ok(answer) => answer?,
+            Err(_) => {
+                return Err(anyhow!(
+                    "the LANrage daemon at {} did not answer within {} s",
+                    self.socket.display(),
+                    TIMEOUT.as_secs()
+                ));
             }
-            other => anyhow!("cannot reach the LANrage daemon at {}: {other}", self.base),
-        })?;
-        crate::json_api::read(&mut response).map_err(|r| anyhow!(r.message))
+        };
+        crate::json_api::decode(status, &text).map_err(|r| anyhow!(r.message))
+    }
+
+    async fn exchange(
+        &self,
+        method: hyper::Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<(u16, String)> {
+        use http_body_util::BodyExt;
+        let stream = tokio::net::UnixStream::connect(&self.socket)
+            .await
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+                    anyhow::Error::new(NotRunning(self.socket.display().to_string()))
+                }
+                std::io::ErrorKind::PermissionDenied => anyhow!(
+                    "cannot reach the LANrage daemon at {}: permission denied (it takes \
+                     commands from root and the members of the group lanrage only)",
+                    self.socket.display()
+                ),
+                _ => anyhow!(
+                    "cannot reach the LANrage daemon at {}: {e}",
+                    self.socket.display()
+                ),
+            })?;
+        let failed = |e: hyper::Error| {
+            anyhow!(
+                "cannot talk to the LANrage daemon at {}: {e}",
+                self.socket.display()
+            )
+        };
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(failed)?;
+        let connection = tokio::spawn(connection);
+        let mut request = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(hyper::header::HOST, "localhost");
+        if body.is_some() {
+            request = request.header(hyper::header::CONTENT_TYPE, "application/json");
+        }
+        let request = request.body(http_body_util::Full::new(hyper::body::Bytes::from(
+            body.unwrap_or_default(),
+        )))?;
+        let response = sender.send_request(request).await.map_err(failed)?;
+        let status = response.status().as_u16();
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(failed)?
+            .to_bytes();
+        connection.abort();
+        Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
     }
 }

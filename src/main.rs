@@ -36,6 +36,8 @@ enum Command {
     },
     /// The other members: virtual IPs, endpoints, traffic.
     Peers(cli::ApiArgs),
+    /// The web UI's address, with the token that opens it (root and the group `lanrage`).
+    Ui(cli::ApiArgs),
     /// Game servers in the party, with latency; announce the ones you host.
     Servers {
         #[command(subcommand)]
@@ -67,6 +69,7 @@ fn main() -> ExitCode {
         Command::Ping(args) => cli::ping(&args),
         Command::Party { command, api } => cli::party(&api, &command),
         Command::Peers(api) => cli::peers(&api),
+        Command::Ui(api) => cli::ui(&api),
         Command::Games(args) => cli::games(&args),
         Command::Config(args) => config::run(&args),
         Command::Servers { command, api } => cli::servers(&api, command.as_ref()),

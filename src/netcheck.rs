@@ -66,9 +66,9 @@ pub fn run(args: NetcheckArgs) -> Result<()> {
     }
     let report = probe(&socket, &servers, local)?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&to_json(&report))?);
+        say!("{}", serde_json::to_string_pretty(&to_json(&report))?);
     } else {
-        print!("{}", render(&report));
+        crate::cli::output::write(format_args!("{}", render(&report)));
     }
     Ok(())
 }

@@ -211,6 +211,10 @@ impl Lab {
     /// (debug level) goes to a file returned beside it.
     fn daemon(&self, name: &str, ns: &Netns, args: &[&str]) -> (Proc, std::path::PathBuf) {
         let data = self._dir.path().join(format!("data-{name}"));
+        data_dirs()
+            .lock()
+            .unwrap()
+            .insert(ns.name.clone(), data.clone());
         let log = self._dir.path().join(format!("daemon-{name}.log"));
         let script = format!("exec \"$@\" 2>'{}'", log.display());
         let stun = format!("{STUN_PRIMARY}:3478");
@@ -482,9 +486,16 @@ fn the_daemon_checks_its_nat_from_the_wireguard_port() {
     for (name, expect, ns, _, log) in &daemons {
         let mut last = Value::Null;
         let checked = (0..150).any(|_| {
+            let data_dir = data_dir(ns);
             let out = common::try_run(
                 Some(&ns.name),
-                &[env!("CARGO_BIN_EXE_lanrage"), "status", "--json"],
+                &[
+                    env!("CARGO_BIN_EXE_lanrage"),
+                    "status",
+                    "--json",
+                    "--data-dir",
+                    &data_dir,
+                ],
             );
             last = out
                 .ok()
@@ -540,11 +551,32 @@ fn ping_until_reply(
     None
 }
 
+/// Each namespace's daemon's data directory, by namespace name: the CLI reaches a daemon
+/// through the socket there (every lab shares one file system).
+fn data_dirs() -> &'static std::sync::Mutex<std::collections::HashMap<String, std::path::PathBuf>> {
+    static DIRS: std::sync::OnceLock<
+        std::sync::Mutex<std::collections::HashMap<String, std::path::PathBuf>>,
+    > = std::sync::OnceLock::new();
+    DIRS.get_or_init(Default::default)
+}
+
+/// The data directory of the daemon started in `ns`.
+fn data_dir(ns: &Netns) -> String {
+    data_dirs()
+        .lock()
+        .unwrap()
+        .get(&ns.name)
+        .unwrap_or_else(|| panic!("no daemon was started in {}", ns.name))
+        .to_string_lossy()
+        .into_owned()
+}
+
 /// The CLI's JSON answer in `ns`, or `Null` if it failed.
 fn cli(ns: &Netns, args: &[&str]) -> Value {
+    let data_dir = data_dir(ns);
     let mut argv = vec![env!("CARGO_BIN_EXE_lanrage")];
     argv.extend_from_slice(args);
-    argv.push("--json");
+    argv.extend_from_slice(&["--json", "--data-dir", &data_dir]);
     common::try_run(Some(&ns.name), &argv)
         .ok()
         .filter(|o| o.status.success())

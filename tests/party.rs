@@ -199,12 +199,34 @@ impl Lab {
         child
     }
 
-    /// Runs the CLI in `ns`: (success, stdout as JSON or Null, stderr).
+    /// The data directory of the daemon in `ns`: its local API's socket and token are there.
+    fn data_dir(&self, ns: &str) -> PathBuf {
+        let i = self
+            .members
+            .iter()
+            .position(|m| m == ns)
+            .unwrap_or_else(|| panic!("{ns} is not a member"));
+        self.dir.join(format!("data{}", i + 1))
+    }
+
+    /// The token of the TCP API of the daemon in `ns`, as its data directory holds it.
+    fn token(&self, ns: &str) -> String {
+        let path = self.data_dir(ns).join("api-token");
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+            .trim()
+            .to_owned()
+    }
+
+    /// Runs the CLI in `ns`: (success, stdout as JSON or Null, stderr). It finds the member's
+    /// daemon by its data directory (`LANRAGE_DATA_DIR`): Unix sockets are not confined to a
+    /// network namespace.
     fn cli_status(&self, ns: &str, args: &[&str]) -> (bool, Value, String) {
         let mut full = vec!["netns", "exec", ns, BIN];
         full.extend_from_slice(args);
         let out = Command::new("ip")
             .args(&full)
+            .env("LANRAGE_DATA_DIR", self.data_dir(ns))
             .output()
             .expect("cannot run lanrage");
         let json = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
@@ -340,11 +362,17 @@ impl Lab {
         let dir = self.dir.join(format!("prometheus-{ns}"));
         std::fs::create_dir_all(&dir).expect("create the Prometheus directory");
         let config = dir.join("prometheus.yml");
+        // The token as a file, as an operator would point Prometheus at the daemon's.
+        let token = self.data_dir(ns).join("api-token");
         std::fs::write(
             &config,
-            "global: {scrape_interval: 1s, scrape_timeout: 1s}\n\
-             scrape_configs:\n  - job_name: lanrage\n    \
-             static_configs: [{targets: ['127.0.0.1:8666']}]\n",
+            format!(
+                "global: {{scrape_interval: 1s, scrape_timeout: 1s}}\n\
+                 scrape_configs:\n  - job_name: lanrage\n    \
+                 authorization: {{credentials_file: '{}'}}\n    \
+                 static_configs: [{{targets: ['127.0.0.1:8666']}}]\n",
+                token.display()
+            ),
         )
         .expect("write the Prometheus configuration");
         let mut prometheus = Command::new("ip")
@@ -416,6 +444,7 @@ impl Lab {
         let out = Command::new("ip")
             .args(["netns", "exec", ns, BIN])
             .args(args)
+            .env("LANRAGE_DATA_DIR", self.data_dir(ns))
             .output()
             .expect("lanrage runs");
         String::from_utf8_lossy(&out.stdout).into_owned()
@@ -617,6 +646,31 @@ fn three_players_form_a_party_ping_each_other_and_survive_a_server_restart() {
         &[&["iptables", "-I", "INPUT"][..], &rule[..]].concat(),
     );
     let dark = Instant::now();
+    // Joins asked for meanwhile wait on the server, each up to its timeout; the daemon goes
+    // on answering everything else at once (it once took 14.8 s to say its status).
+    let joins: Vec<Child> = (0..3)
+        .map(|_| {
+            Command::new("ip")
+                .args(["netns", "exec", &c, BIN, "party", "join", &code, "--json"])
+                .env("LANRAGE_DATA_DIR", lab.data_dir(&c))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("cannot run lanrage party join")
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut slowest = Duration::ZERO;
+    while dark.elapsed() < Duration::from_secs(12) {
+        let asked = Instant::now();
+        lab.cli(&c, &["status", "--json"]);
+        slowest = slowest.max(asked.elapsed());
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(
+        slowest < Duration::from_secs(2),
+        "status took {slowest:?} while joins waited on the server"
+    );
     while dark.elapsed() < Duration::from_secs(32) {
         assert!(
             pings(&a, &ips[1]),
@@ -627,6 +681,10 @@ fn three_players_form_a_party_ping_each_other_and_survive_a_server_restart() {
             "B lost A while the server was unreachable"
         );
         std::thread::sleep(Duration::from_millis(250));
+    }
+    for mut join in joins {
+        let _ = join.kill();
+        let _ = join.wait();
     }
     lab.in_ns(
         &hub,
@@ -740,8 +798,13 @@ fn a_member_cannot_send_as_another_or_reach_the_local_api() {
 #[test]
 fn without_a_server_players_on_one_lan_find_each_other() {
     let mut lab = Lab::new(3);
-    lab.start_daemons(true);
     let [a, b, c] = [0, 1, 2].map(|i| lab.members[i].clone());
+    // A NIC with a second address is still one interface to announce on.
+    lab.in_ns(
+        &a,
+        &["ip", "addr", "add", "192.168.77.201/24", "dev", "eth0"],
+    );
+    lab.start_daemons(true);
     lab.form_party();
     wait_for("all three to see each other", PING_TIMEOUT, || {
         [&a, &b, &c].iter().all(|ns| {
@@ -775,6 +838,26 @@ fn without_a_server_players_on_one_lan_find_each_other() {
     );
 }
 
+/// A reader that stops early (`| head -1`) ends the command quietly, as it would `cat`: here
+/// the reader is gone before the first line.
+#[test]
+fn the_cli_ends_quietly_when_its_reader_goes_away() {
+    let dir = std::env::temp_dir().join(format!("lanrage-epipe-{}", std::process::id()));
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    drop(reader);
+    let out = Command::new(BIN)
+        .args(["games", "--known", "--data-dir"])
+        .arg(&dir)
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .expect("cannot run lanrage");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(141), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn the_cli_says_clearly_when_no_daemon_runs() {
     let lab = Lab::new(1);
@@ -790,6 +873,116 @@ fn the_cli_says_clearly_when_no_daemon_runs() {
     let known = known.as_object().expect("an object keyed by game id");
     assert!(known.len() >= 100, "{} games", known.len());
     assert_eq!(known["warcraft3"]["ports"], serde_json::json!([6112]));
+}
+
+/// The daemon runs as root, so its API has an owner: the CLI's socket is root's (and the
+/// group `lanrage`'s), the TCP API wants the token, and no setting makes it write a file
+/// outside its own directories.
+#[test]
+fn the_local_api_answers_only_its_owners() {
+    let mut lab = Lab::new(1);
+    lab.start_daemons(true);
+    let a = lab.members[0].clone();
+    let data = lab.data_dir(&a);
+
+    // Another user (nobody, in no group of the daemon's) cannot use the CLI, nor read the
+    // token.
+    let as_nobody = |argv: &[&str]| {
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &a,
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+            ])
+            .arg("--clear-groups")
+            .args(argv)
+            .env("LANRAGE_DATA_DIR", &data)
+            .output()
+            .expect("setpriv runs")
+    };
+    let out = as_nobody(&[BIN, "party", "create", "$(id>/tmp/owned)"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("permission denied"),
+        "nobody used the CLI: {err}"
+    );
+    assert!(lab.cli(&a, &["status", "--json"])["party"].is_null());
+    let token_file = data.join("api-token");
+    let out = as_nobody(&["cat", &token_file.to_string_lossy()]);
+    assert!(!out.status.success(), "nobody read the token");
+    let mode = |path: &std::path::Path| {
+        std::fs::metadata(path).map_or(0, |m| m.permissions().mode() & 0o7777)
+    };
+    assert_eq!(mode(&token_file), 0o640);
+    assert_eq!(mode(&data.join("run").join("api.sock")), 0o660);
+
+    // The TCP API: nothing without the token, whoever asks; everything with it.
+    let curl = |headers: &[&str], path: &str| {
+        let mut argv = vec!["curl", "-s", "-w", "\n%{http_code}"];
+        for header in headers {
+            argv.extend_from_slice(&["-H", header]);
+        }
+        let url = format!("http://127.0.0.1:8666{path}");
+        argv.push(&url);
+        let out = lab.in_ns(&a, &argv);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", ""));
+        (code.to_owned(), body.to_owned())
+    };
+    for path in ["/status", "/metrics", "/", "/api/settings"] {
+        let (code, body) = curl(&[], path);
+        assert_eq!(code, "401", "{path}: {body}");
+        assert!(body.contains("lanrage ui"), "{path}: {body}");
+    }
+    let (code, _) = curl(&["Authorization: Bearer 0123"], "/status");
+    assert_eq!(code, "401");
+    let bearer = format!("Authorization: Bearer {}", lab.token(&a));
+    let (code, body) = curl(&[&bearer], "/status");
+    assert_eq!(code, "200", "{body}");
+    let (code, _) = curl(&[&bearer], "/metrics");
+    assert_eq!(code, "200");
+
+    // The web UI's address: loading it sets the cookie and drops the token from the address.
+    let url = lab.cli(&a, &["ui", "--json"])["url"]
+        .as_str()
+        .expect("the web UI's address")
+        .to_owned();
+    let out = lab.in_ns(&a, &["curl", "-s", "-D", "-", "-o", "/dev/null", &url]);
+    let head = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    assert!(head.starts_with("http/1.1 303"), "{head}");
+    assert!(head.contains("\r\nlocation: /\r\n"), "{head}");
+    let cookie = head
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .unwrap_or_else(|| panic!("no cookie: {head}"));
+    for attribute in ["httponly", "samesite=strict", "path=/"] {
+        assert!(cookie.contains(attribute), "{cookie}");
+    }
+    let pair = format!("Cookie: {}", cookie.split(';').next().unwrap_or_default());
+    let (code, body) = curl(&[&pair], "/");
+    assert_eq!(code, "200", "{body}");
+
+    // log_file: only in the data directory or /var/log/lanrage.
+    let (ok, _, err) = lab.cli_status(&a, &["config", "set", "log_file", "/root/lanrage-owned"]);
+    assert!(!ok, "log_file outside the allowed directories was taken");
+    assert!(
+        err.contains("log_file") && err.contains("/var/log/lanrage"),
+        "{err}"
+    );
+    let inside = data.join("daemon.log");
+    lab.cli(
+        &a,
+        &[
+            "config",
+            "set",
+            "log_file",
+            &inside.to_string_lossy(),
+            "--json",
+        ],
+    );
 }
 
 #[test]
@@ -1475,9 +1668,10 @@ fn settings_change_live_or_at_restart_and_survive_a_damaged_database() {
         .and_then(|s| s.iter().find(|s| s["key"] == "discord_webhook"))
         .map(|s| s["value"].clone());
     assert_eq!(webhook, Some(Value::from("(set)")));
+    let bearer = format!("Authorization: Bearer {}", lab.token(&a));
     let api = |path: &str| {
         let url = format!("http://127.0.0.1:8666{path}");
-        lab.in_ns(&a, &["curl", "-sS", &url]).stdout
+        lab.in_ns(&a, &["curl", "-sS", "-H", &bearer, &url]).stdout
     };
     let discord: Value = serde_json::from_slice(&api("/api/discord")).unwrap_or(Value::Null);
     assert_eq!(discord["webhook"], true, "{discord}");
@@ -1706,27 +1900,59 @@ fn the_web_ui_shows_the_party_and_changes_a_setting() {
     lab.form_party();
     lab.all_ping_each_other();
 
-    let forged = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &a,
-            "curl",
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-        ])
-        .args(["-X", "PUT", "-H", "Origin: http://evil.example", "-H"])
-        .args(["Content-Type: application/json", "-d", r#"{"value": 5}"#])
-        .arg("http://127.0.0.1:8666/api/settings/keepalive")
-        .output()
-        .expect("curl runs");
-    assert_eq!(String::from_utf8_lossy(&forged.stdout), "403");
+    // Even with the token (a browser sends the cookie to any page on 127.0.0.1: same site),
+    // another origin is refused, another port on localhost included.
+    let bearer = format!("Authorization: Bearer {}", lab.token(&a));
+    for origin in [
+        "http://evil.example",
+        "http://127.0.0.1:8080",
+        "http://localhost:3000",
+    ] {
+        let forged = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &a,
+                "curl",
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+            ])
+            .args([
+                "-X",
+                "PUT",
+                "-H",
+                &format!("Origin: {origin}"),
+                "-H",
+                &bearer,
+            ])
+            .args([
+                "-H",
+                "Content-Type: application/json",
+                "-d",
+                r#"{"value": 5}"#,
+            ])
+            .arg("http://127.0.0.1:8666/api/settings/keepalive")
+            .output()
+            .expect("curl runs");
+        assert_eq!(String::from_utf8_lossy(&forged.stdout), "403", "{origin}");
+    }
 
+    // The address `lanrage ui` prints logs the browser in (a cookie) and leaves the address bar.
+    let url = lab.cli(&a, &["ui", "--json"])["url"]
+        .as_str()
+        .expect("the web UI's address")
+        .to_owned();
+    assert!(url.starts_with("http://127.0.0.1:8666/?token="), "{url}");
     let browser = Browser::start(&lab, &a);
-    browser.goto("http://127.0.0.1:8666/");
+    browser.goto(&url);
+    assert_eq!(
+        browser.script("return location.href"),
+        "http://127.0.0.1:8666/",
+        "the token left the address"
+    );
     wait_for(
         "the dashboard to show player2",
         Duration::from_secs(15),

@@ -2,7 +2,7 @@
 //! never be readable by other users.
 
 use std::fs::{self, OpenOptions};
-use std::io::{ErrorKind, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
@@ -10,16 +10,24 @@ use anyhow::{Context, Result, bail};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 
-/// Loads the private key at `path` (`wg genkey` format), or creates it (mode 0600).
+/// Loads the private key at `path` (`wg genkey` format), or creates it (mode 0600). A link
+/// there is refused, not followed: root would otherwise read or chmod whatever it points at.
 pub fn load_or_create(path: &Path) -> Result<[u8; 32]> {
-    match fs::read_to_string(path) {
-        Ok(text) => {
-            let mode = fs::metadata(path)?.permissions().mode() & 0o777;
+    let opened = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path);
+    match opened {
+        Ok(mut file) => {
+            let mode = file.metadata()?.permissions().mode() & 0o777;
             if mode & 0o077 != 0 {
                 tracing::warn!(path = %path.display(), mode = format!("{mode:o}"),
                     "private key is readable by other users; fixing to 0600");
-                fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
+                file.set_permissions(fs::Permissions::from_mode(0o600))?;
             }
+            let mut text = String::new();
+            file.read_to_string(&mut text)
+                .with_context(|| format!("cannot read {}", path.display()))?;
             parse(&text)
                 .with_context(|| format!("{} is not a WireGuard private key", path.display()))
         }
@@ -48,6 +56,9 @@ pub fn load_or_create(path: &Path) -> Result<[u8; 32]> {
             file.sync_all()?;
             tracing::info!(path = %path.display(), "created a new WireGuard key");
             Ok(key)
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            bail!("{} is a link: refusing to follow it", path.display())
         }
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
@@ -84,6 +95,24 @@ mod tests {
             format!("{err:#}").contains("not a WireGuard private key"),
             "{err:#}"
         );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_link_in_place_of_the_key_is_refused_and_its_target_untouched() {
+        let dir = std::env::temp_dir().join(format!("lanrage-key-link-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let target = dir.join("somebody-elses");
+        fs::write(&target, "not yours\n").unwrap();
+        fs::set_permissions(&target, fs::Permissions::from_mode(0o644)).unwrap();
+        let path = dir.join("private.key");
+        std::os::unix::fs::symlink(&target, &path).unwrap();
+        let err = load_or_create(&path).unwrap_err();
+        assert!(format!("{err:#}").contains("is a link"), "{err:#}");
+        let mode = fs::metadata(&target).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o644);
+        assert_eq!(fs::read_to_string(&target).unwrap(), "not yours\n");
         fs::remove_dir_all(&dir).unwrap();
     }
 }

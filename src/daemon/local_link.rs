@@ -26,10 +26,11 @@ impl Link for LocalLink {
 }
 
 impl LocalLink {
-    /// Joins the group on every IPv4 interface but loopback and `own` (our tunnel), and reads
+    /// Joins the group on every IPv4 interface but loopback and `own` (our tunnel), once per
+    /// interface however many addresses it has, and reads
     /// announcements on a new thread, handing them to `tx`, until the link is closed.
     pub fn open(own: &str, tx: Sender<(SocketAddr, Vec<u8>)>) -> io::Result<Reading<LocalLink>> {
-        let interfaces = super::lan::ipv4_addresses(own)?;
+        let interfaces = super::lan::ipv4_interfaces(own)?;
         if interfaces.is_empty() {
             return Err(io::Error::new(
                 io::ErrorKind::NotFound,

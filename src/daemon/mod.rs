@@ -6,6 +6,7 @@
 mod api;
 mod broadcast_capture;
 mod control;
+mod data_dir;
 mod discord;
 pub mod events;
 mod games;
@@ -132,7 +133,9 @@ impl UpArgs {
 /// As JSON (the C ABI's configuration): `{"data_dir": "/var/lib/lanrage", "api": "off",
 /// "settings": {"interface": "lanrage0", "server": "http://203.0.113.5:8667"}}`. Only
 /// `data_dir` is required; `api` is `HOST:PORT`, `"off"`, or absent for 127.0.0.1 at the
-/// `api_port` setting; `settings` takes the keys `lanrage config list` shows.
+/// `api_port` setting: where the TCP API (with its token) listens, beside the CLI's Unix
+/// socket in `data_dir`; `"off"` turns both off. `settings` takes the keys `lanrage config
+/// list` shows.
 #[derive(Debug, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DaemonConfig {
@@ -162,13 +165,21 @@ impl DaemonConfig {
         }
     }
 
-    /// The settings overrides, each checked as the database's values are.
+    /// The settings overrides, each checked as the database's values are (and `log_file`
+    /// only inside the data directory or the log directory).
     fn checked_settings(&self) -> Result<BTreeMap<String, serde_json::Value>> {
         self.settings
             .iter()
             .map(|(key, value)| {
                 let spec = lanrage_control::settings::spec(key)?;
-                Ok((key.clone(), spec.check(value)?))
+                let value = spec.check(value)?;
+                if key == "log_file" {
+                    lanrage_control::settings::check_log_file_place(
+                        value.as_str().unwrap_or(""),
+                        &self.data_dir,
+                    )?;
+                }
+                Ok((key.clone(), value))
             })
             .collect::<Result<_, lanrage_control::settings::SettingError>>()
             .map_err(|e| anyhow::anyhow!("{e}"))
@@ -198,6 +209,7 @@ pub struct Daemon {
     me: PeerId,
     listen_port: u16,
     api: Option<SocketAddr>,
+    api_socket: Option<PathBuf>,
     running: Option<Running>,
 }
 
@@ -233,6 +245,7 @@ impl Daemon {
     /// last stopped, it carries on in it.
     pub fn start(config: &DaemonConfig) -> Result<Daemon> {
         let overrides = config.checked_settings()?;
+        data_dir::prepare(&config.data_dir)?;
         let mut settings_book = SettingsBook::open(&config.data_dir, overrides);
         let settings = settings_book.start_running();
         crate::logging::init_with(&settings.log_level, &settings.log_file);
@@ -293,9 +306,18 @@ impl Daemon {
         };
 
         let (requests_tx, requests_rx) = crossbeam_channel::bounded(64);
-        let api = api_address
-            .map(|addr| api::ApiServer::start(addr, requests_tx.clone()))
-            .transpose()?;
+        // Off: neither the socket nor TCP (a program embedding the daemon talks to it
+        // directly). Otherwise the socket always, and TCP where configured.
+        let api = match (&config.api, api_address) {
+            (Some(off), _) if off == "off" => None,
+            (_, tcp) => Some(api::ApiServer::start(
+                &config.data_dir,
+                tcp,
+                requests_tx.clone(),
+            )?),
+        };
+        let api_address = api.as_ref().and_then(api::ApiServer::tcp);
+        let api_socket = api.as_ref().map(|a| a.socket().to_owned());
         let (game_watch, game_scans) = if !settings.game_detection {
             (None, None)
         } else {
@@ -343,6 +365,7 @@ impl Daemon {
             .spawn(move || control.run(requests_rx, shutdown_rx))?;
         tracing::info!(%interface, public_key = %me, listen_port,
             api = %api_address.map_or_else(|| "off".to_owned(), |a| a.to_string()),
+            socket = %api_socket.as_ref().map_or_else(|| "off".to_owned(), |s| s.display().to_string()),
             server = server.as_deref().unwrap_or("none"), "LANrage is up");
         Ok(Daemon {
             requests: requests_tx,
@@ -351,6 +374,7 @@ impl Daemon {
             me,
             listen_port,
             api: api_address,
+            api_socket,
             running: Some(Running {
                 shutdown: shutdown_tx,
                 control,
@@ -374,9 +398,14 @@ impl Daemon {
         self.listen_port
     }
 
-    /// Where the local API listens, if it does.
+    /// Where the local API listens on TCP, if it does.
     pub fn api(&self) -> Option<SocketAddr> {
         self.api
+    }
+
+    /// The local API's Unix socket (the CLI's way in), unless the API is off.
+    pub fn api_socket(&self) -> Option<&std::path::Path> {
+        self.api_socket.as_deref()
     }
 
     /// Whether the daemon still runs: it stops on [`Daemon::stop`], and also when asked
@@ -479,13 +508,16 @@ impl Drop for Daemon {
 pub fn run(args: UpArgs) -> Result<()> {
     let daemon = Daemon::start(&DaemonConfig::from_up_args(&args))?;
     println!(
-        "lanrage: up on {} (key {}, port {}); local API on {}",
+        "lanrage: up on {} (key {}, port {}); local API on {} and {} (`lanrage ui` for the web UI)",
         daemon.interface(),
         daemon.public_key(),
         daemon.listen_port(),
         daemon
+            .api_socket()
+            .map_or_else(|| "nothing (off)".to_owned(), |s| s.display().to_string()),
+        daemon
             .api()
-            .map_or_else(|| "nothing (off)".to_owned(), |a| a.to_string()),
+            .map_or_else(|| "no TCP".to_owned(), |a| a.to_string()),
     );
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::DirBuilderExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use lanrage_control::settings::store::{ConfigurationSummary, SettingsStore, StoreError};
 use lanrage_control::settings::{self, Applies, SPECS, SettingError, Settings};
@@ -38,6 +38,8 @@ pub struct SettingsBook {
     /// What went wrong reading the active configuration the last time (rows that failed
     /// their check): shown, not fatal.
     reading: Vec<String>,
+    /// Where `log_file` may point is relative to it (`settings::check_log_file_place`).
+    data_dir: PathBuf,
 }
 
 impl SettingsBook {
@@ -68,6 +70,14 @@ impl SettingsBook {
                 "{e}; running with defaults, changes cannot be saved"
             ));
         }
+        let mut overrides = overrides;
+        if let Some(Err(e)) = overrides
+            .get("log_file")
+            .map(|v| settings::check_log_file_place(v.as_str().unwrap_or(""), data_dir))
+        {
+            overrides.remove("log_file");
+            problems.push(format!("{e}; not used"));
+        }
         let mut book = SettingsBook {
             store,
             stored: BTreeMap::new(),
@@ -75,6 +85,7 @@ impl SettingsBook {
             running: None,
             opening: problems,
             reading: Vec::new(),
+            data_dir: data_dir.to_owned(),
         };
         book.reload();
         book
@@ -88,7 +99,15 @@ impl SettingsBook {
         };
         self.reading = match stored {
             Ok(raw) => {
-                let (values, bad) = settings::check_stored(&raw);
+                let (mut values, mut bad) = settings::check_stored(&raw);
+                // A value stored before the place was checked (or written to the database
+                // by hand) is not used either.
+                if let Some(Err(e)) = values.get("log_file").map(|v| {
+                    settings::check_log_file_place(v.as_str().unwrap_or(""), &self.data_dir)
+                }) {
+                    values.remove("log_file");
+                    bad.push(e);
+                }
                 self.stored = values;
                 bad.iter()
                     .map(|e| format!("stored {e}; its default is used (the row is kept)"))
@@ -172,6 +191,10 @@ impl SettingsBook {
             ));
         }
         let value = spec.check(value).map_err(refused)?;
+        if key == "log_file" {
+            settings::check_log_file_place(value.as_str().unwrap_or(""), &self.data_dir)
+                .map_err(refused)?;
+        }
         self.store()?.set(key, &value).map_err(store_error)?;
         self.stored.insert(key.to_owned(), value);
         Ok(self.info(key, &self.effective()))
@@ -226,4 +249,39 @@ fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The daemon runs as root: anyone who may change settings must not be able to make it
+    /// write a file anywhere else than its own directories.
+    #[test]
+    fn log_file_is_refused_outside_the_data_and_log_directories() {
+        let dir = std::env::temp_dir().join(format!("lanrage-settings-log-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut book = SettingsBook::open(&dir, BTreeMap::new());
+        let (status, message) = book
+            .set("log_file", &Value::from("/root/.bashrc"))
+            .unwrap_err();
+        assert_eq!(status, 400);
+        assert!(
+            message.starts_with("log_file: ") && message.contains(settings::LOG_DIR),
+            "{message}"
+        );
+        assert_eq!(book.effective().log_file, "");
+        let inside = dir.join("daemon.log").display().to_string();
+        book.set("log_file", &Value::from(inside.as_str())).unwrap();
+        book.set("log_file", &Value::from("/var/log/lanrage/daemon.log"))
+            .unwrap();
+        // A flag (or the C ABI's settings) pointing elsewhere is dropped with a problem.
+        let flagged = SettingsBook::open(
+            &dir,
+            BTreeMap::from([("log_file".to_owned(), Value::from("/etc/x"))]),
+        );
+        assert_eq!(flagged.effective().log_file, "/var/log/lanrage/daemon.log");
+        assert!(flagged.problems().iter().any(|p| p.contains("/etc/x")));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

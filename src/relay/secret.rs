@@ -2,7 +2,7 @@
 //! control server and its relays.
 
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
@@ -33,7 +33,22 @@ pub fn load_or_create(path: &Path) -> Result<RelaySecret> {
     Ok(RelaySecret::new(bytes))
 }
 
+/// Reads the secret. One that other users can read is refused, as ssh refuses such a key:
+/// whoever reads it can mint grants for any relay of the server.
 pub fn load(path: &Path) -> Result<RelaySecret> {
+    let mode = std::fs::metadata(path)
+        .with_context(|| format!("cannot read the relay secret {}", path.display()))?
+        .permissions()
+        .mode()
+        & 0o777;
+    if mode & 0o077 != 0 {
+        bail!(
+            "the relay secret {} can be read by other users (mode {mode:o}): refusing it; \
+             `chmod 600 {}`, and make a new one if others may have read it",
+            path.display(),
+            path.display()
+        );
+    }
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read the relay secret {}", path.display()))?;
     let mut bytes = [0u8; 32];
@@ -58,14 +73,22 @@ mod tests {
         let made = load_or_create(&path).unwrap();
         let again = load_or_create(&path).unwrap();
         assert_eq!(made.as_bytes(), again.as_bytes());
-        let mode = std::fs::metadata(&path).unwrap().permissions();
-        assert_eq!(
-            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
-            0o600
-        );
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
         std::fs::write(&path, "not hex").unwrap();
         let err = load(&path).unwrap_err().to_string();
         assert!(err.contains("64 hex digits"), "{err}");
+        std::fs::write(&path, hex::encode([7; 32])).unwrap();
+        for mode in [0o644, 0o640, 0o604] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let err = load(&path).unwrap_err().to_string();
+            assert!(
+                err.contains("can be read by other users"),
+                "{mode:o}: {err}"
+            );
+        }
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400)).unwrap();
+        assert_eq!(load(&path).unwrap().as_bytes(), &[7; 32]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -3,7 +3,7 @@
 //! module only moves bytes and maps types.
 
 use std::io::{ErrorKind, Read, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -35,9 +35,14 @@ impl Drop for UapiListener {
 /// Binds the socket, refusing if another process already serves this interface and replacing
 /// a stale socket left by one that died.
 pub fn bind(path: &Path) -> Result<UapiListener> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    // Readable by all, as wg expects (it lists the sockets); writable by root alone whatever
+    // the umask, so nobody else can replace a socket in it.
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(dir)
+        .with_context(|| format!("cannot create {}", dir.display()))?;
     if path.exists() {
         if UnixStream::connect(path).is_ok() {
             bail!(
@@ -48,15 +53,37 @@ pub fn bind(path: &Path) -> Result<UapiListener> {
         std::fs::remove_file(path)
             .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
     }
-    let listener =
-        UnixListener::bind(path).with_context(|| format!("cannot bind {}", path.display()))?;
-    // The socket hands out the private key: owner only.
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("cannot restrict {}", path.display()))?;
+    let listener = bind_private(dir, path)?;
     Ok(UapiListener {
         listener,
         path: path.to_owned(),
     })
+}
+
+/// Binds the socket owner-only from the start: the socket hands out the private key, and a
+/// socket bound where it belongs and chmod'ed after is open to anyone for that moment (under
+/// umask 000, to every local user). So it is bound in a directory only we can enter, made
+/// 0600 there, and renamed into place.
+fn bind_private(dir: &Path, path: &Path) -> Result<UnixListener> {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let staging = dir.join(format!(".{name}.{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&staging)
+        .with_context(|| format!("cannot create {}", staging.display()))?;
+    let bound = (|| {
+        let staged = staging.join("sock");
+        let listener = UnixListener::bind(&staged)
+            .with_context(|| format!("cannot bind {}", path.display()))?;
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("cannot restrict {}", path.display()))?;
+        std::fs::rename(&staged, path)
+            .with_context(|| format!("cannot move the socket to {}", path.display()))?;
+        Ok(listener)
+    })();
+    let _ = std::fs::remove_dir_all(&staging);
+    bound
 }
 
 /// Serves clients on a background thread until `stop` is set.
@@ -213,5 +240,31 @@ fn device_info(status: DeviceStatus) -> DeviceInfo {
                 info
             })
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_socket_is_owner_only_in_a_directory_only_root_can_change() {
+        let dir = std::env::temp_dir().join(format!("lanrage-uapi-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("wireguard").join("wgtest.sock");
+        let listener = bind(&path).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(path.parent().unwrap()), 0o755);
+        // Nothing of the staging is left, and a client reaches the socket where it belongs.
+        let entries: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(entries, [std::ffi::OsString::from("wgtest.sock")]);
+        UnixStream::connect(&path).unwrap();
+        drop(listener);
+        assert!(!path.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -584,10 +584,54 @@ fn check_token(token: &str) -> Result<(), String> {
 }
 
 fn check_log_file(path: &str) -> Result<(), String> {
-    if path.is_empty() || (path.starts_with('/') && !path.chars().any(char::is_control)) {
+    if path.is_empty() {
+        return Ok(());
+    }
+    if !path.starts_with('/') || path.chars().any(char::is_control) {
+        return Err(format!("{path:?} is not an absolute path"));
+    }
+    // `..` would step out of the allowed directories (`check_log_file_place`) while the
+    // text still starts with one of them.
+    if path.split('/').any(|part| part == "..") {
+        return Err(format!("{path:?} may not contain \"..\""));
+    }
+    Ok(())
+}
+
+/// The directory for log files besides the data directory (`log_file`).
+pub const LOG_DIR: &str = "/var/log/lanrage";
+
+/// Where `log_file` may point: inside the data directory or [`LOG_DIR`], and nowhere else.
+/// The daemon runs as root and anyone allowed to change settings could otherwise have it
+/// create or append to any file (text they choose, such as a party's name, ends up in the
+/// log). Both directories belong to root, so nobody else can plant a link in them. This needs
+/// the daemon's data directory, which the per-key check ([`Spec::check`]) does not know: the
+/// daemon applies it on top.
+pub fn check_log_file_place(path: &str, data_dir: &std::path::Path) -> Result<(), SettingError> {
+    use std::path::{Component, Path};
+    if path.is_empty() {
+        return Ok(());
+    }
+    let invalid = |why: String| SettingError::Invalid {
+        key: "log_file".into(),
+        why,
+    };
+    check_log_file(path).map_err(invalid)?;
+    let file = Path::new(path);
+    let normal = |p: &Path| -> std::path::PathBuf {
+        p.components()
+            .filter(|c| !matches!(c, Component::CurDir))
+            .collect()
+    };
+    let data_dir = normal(data_dir);
+    let inside = |dir: &Path| file.starts_with(dir) && file != dir && file.file_name().is_some();
+    if inside(&data_dir) || inside(Path::new(LOG_DIR)) {
         Ok(())
     } else {
-        Err(format!("{path:?} is not an absolute path"))
+        Err(invalid(format!(
+            "{path:?} is outside the directories a log file may be in: the data directory {} or {LOG_DIR}",
+            data_dir.display()
+        )))
     }
 }
 
@@ -634,6 +678,7 @@ mod tests {
         assert!(parse("interface", "a-very-long-interface-name").is_err());
         assert!(parse("interface", "lr0").is_ok());
         assert!(parse("log_file", "relative.log").is_err());
+        assert!(parse("log_file", "/var/log/lanrage/../../etc/x").is_err());
         assert_eq!(
             spec("colour").unwrap_err(),
             SettingError::UnknownKey("colour".into())
@@ -660,5 +705,36 @@ mod tests {
         assert_eq!(bad.len(), 3, "{bad:?}");
         assert!(bad.iter().any(|e| e.to_string().starts_with("keepalive:")));
         assert!(bad.contains(&SettingError::UnknownKey("retired_setting".into())));
+    }
+
+    #[test]
+    fn a_log_file_only_in_the_data_directory_or_the_log_directory() {
+        let data = std::path::Path::new("/var/lib/lanrage");
+        for ok in [
+            "",
+            "/var/lib/lanrage/daemon.log",
+            "/var/log/lanrage/daemon.log",
+        ] {
+            assert_eq!(check_log_file_place(ok, data), Ok(()), "{ok}");
+        }
+        for bad in [
+            "/root/x",
+            "/etc/cron.d/x",
+            "/var/lib/lanrage",
+            "/var/log/lanrage",
+            "/var/log/lanrage-other/x",
+            "/var/lib/lanrage/../../../etc/passwd",
+            "relative.log",
+        ] {
+            let e = check_log_file_place(bad, data).unwrap_err().to_string();
+            assert!(e.starts_with("log_file: "), "{bad}: {e}");
+        }
+        let e = check_log_file_place("/root/x", data)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("/var/lib/lanrage") && e.contains("/var/log/lanrage"),
+            "the error names the allowed directories: {e}"
+        );
     }
 }

@@ -197,6 +197,13 @@ struct State {
 enum Background {
     Heartbeat(Result<(), CallError>),
     Grants(Result<RelaysJson, CallError>),
+    /// A create (`created`) or join a user asked for, and where its answer goes.
+    Joined {
+        created: bool,
+        result: Result<PartyJson, CallError>,
+        reply: Reply<PartyJson>,
+    },
+    Left(Result<(), CallError>, Reply<()>),
 }
 
 impl ControlThread {
@@ -332,6 +339,23 @@ impl ControlThread {
                 recv(background_rx) -> message => match message {
                     Ok(Background::Heartbeat(result)) => state.heartbeat_done(result),
                     Ok(Background::Grants(result)) => state.grants_fetched(Instant::now(), result),
+                    Ok(Background::Joined { created, result, reply }) => {
+                        let result = result.map_err(|e| state.call_failed(e));
+                        let result = state.joined(result);
+                        if let (true, Ok(party)) = (created, &result) {
+                            state.cfg.discord.event(PartyEvent::Created {
+                                party: party.name.clone(),
+                            });
+                        }
+                        let _ = reply.send(result);
+                    }
+                    Ok(Background::Left(result, reply)) => {
+                        let result = result.map_err(|e| state.call_failed(e));
+                        if result.is_ok() {
+                            state.left_server_party();
+                        }
+                        let _ = reply.send(result);
+                    }
                     Err(_) => {}
                 },
                 recv(lan_rx) -> message => {
@@ -467,32 +491,32 @@ impl State {
                 };
                 let _ = reply.send(result);
             }
+            // The server's answers come back as `Background` messages: while it is slow or
+            // away, the control thread goes on answering and deciding.
             Request::Create(name, reply) => {
                 let member_name = self.cfg.member_name.clone();
-                let result = self.with_client(|c| c.create(&name, &member_name));
-                let result = self.joined(result);
-                if let Ok(party) = &result {
-                    self.cfg.discord.event(PartyEvent::Created {
-                        party: party.name.clone(),
-                    });
-                }
-                let _ = reply.send(result);
+                self.call_server(
+                    move |c| c.create(&name, &member_name),
+                    move |result| Background::Joined {
+                        created: true,
+                        result,
+                        reply,
+                    },
+                );
             }
             Request::Join(code, reply) => {
                 let member_name = self.cfg.member_name.clone();
-                let result = self.with_client(|c| c.join(&code, &member_name));
-                let _ = reply.send(self.joined(result));
+                self.call_server(
+                    move |c| c.join(&code, &member_name),
+                    move |result| Background::Joined {
+                        created: false,
+                        result,
+                        reply,
+                    },
+                );
             }
             Request::Leave(reply) => {
-                let result = self.with_client(|c| c.leave());
-                if result.is_ok() {
-                    self.stream_generation += 1;
-                    if let Some(client) = &self.cfg.client {
-                        client.close_event_stream(self.stream_generation);
-                    }
-                    self.feed(Input::Left);
-                }
-                let _ = reply.send(result);
+                self.call_server(|c| c.leave(), move |result| Background::Left(result, reply));
             }
             Request::Settings(reply) => {
                 let _ = reply.send(Ok(self.cfg.settings.report()));
@@ -546,27 +570,43 @@ impl State {
         }
     }
 
-    fn with_client<T>(
-        &mut self,
-        call: impl FnOnce(&mut ServerClient) -> Result<T, CallError>,
-    ) -> Result<T, (u16, String)> {
-        let Some(client) = &mut self.cfg.client else {
-            return Err((
-                503,
-                "no control server configured (start the daemon with --server URL)".into(),
-            ));
+    /// Makes a server call off the control thread; `done` turns its result into the message
+    /// the control thread gets back. Should the calls' thread be gone (the daemon is
+    /// stopping), `done` is dropped with the reply inside it, which the asker sees as closed.
+    fn call_server<T: Send + 'static>(
+        &self,
+        call: impl FnOnce(&mut ServerClient) -> Result<T, CallError> + Send + 'static,
+        done: impl FnOnce(Result<T, CallError>) -> Background + Send + 'static,
+    ) {
+        let Some(client) = &self.cfg.client else {
+            return;
         };
-        call(client).map_err(|e| {
-            let status = match e.status {
-                // The server's verdict on the request: pass it on.
-                Some(s) if (400..500).contains(&s) => s,
-                _ => {
-                    self.server_state = e.message.clone();
-                    502
-                }
-            };
-            (status, e.message)
-        })
+        let tx = self.background_tx.clone();
+        if let Err(e) = client.in_background(call, move |result| drop(tx.send(done(result)))) {
+            tracing::warn!(error = %e, "cannot call the control server");
+        }
+    }
+
+    /// A failed server call, as the local API answers it: the server's verdict on the request
+    /// is passed on; anything else says the server could not be asked.
+    fn call_failed(&mut self, e: CallError) -> (u16, String) {
+        let status = match e.status {
+            Some(s) if (400..500).contains(&s) => s,
+            _ => {
+                self.server_state = e.message.clone();
+                502
+            }
+        };
+        (status, e.message)
+    }
+
+    /// We left the control server's party: its event stream is closed, the tunnel follows.
+    fn left_server_party(&mut self) {
+        self.stream_generation += 1;
+        if let Some(client) = &self.cfg.client {
+            client.close_event_stream(self.stream_generation);
+        }
+        self.feed(Input::Left);
     }
 
     /// Applies the settings that apply at once.
@@ -594,6 +634,7 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
         .create(true)
         .truncate(true)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&tmp)?;
     writeln!(file, "{contents}")?;
     file.sync_all()?;
