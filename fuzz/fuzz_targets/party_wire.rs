@@ -20,7 +20,7 @@ fuzz_target!(|data: &[u8]| {
     let mut party = LocalParty::new(
         now,
         PartyCode::from_bytes([7; 10]),
-        PeerId([1; 32]),
+        x25519_dalek::StaticSecret::from([1; 32]),
         "me",
         51820,
         DEFAULT_SUBNET,
@@ -41,7 +41,10 @@ fuzz_target!(|data: &[u8]| {
         let _ = serde_json::from_str::<TokenRequest>(text);
         let auth = ServerAuth::new([3; 32], [4; 32]);
         if let Ok(token) = text.parse::<Token>() {
-            assert!(auth.check_token(0, &token).is_err(), "a forged token was accepted");
+            assert!(
+                auth.check_token(0, &token).is_err(),
+                "a forged token was accepted"
+            );
         }
         if let (Ok(challenge), Ok(proof)) = (text.parse::<Challenge>(), text.parse::<Proof>()) {
             let _ = auth.verify(0, &PeerId([1; 32]), &challenge, &proof);

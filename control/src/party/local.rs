@@ -4,8 +4,16 @@
 //!
 //! The party code is the shared secret. Announcements carry a MAC under a key derived from
 //! it, so someone on the LAN without the code can neither join nor inject a member; a
-//! per-member sequence number stops replays of older announcements. Sans-IO: datagrams and
-//! the time go in; announcements to send and party changes come out.
+//! per-member sequence number stops replays of older announcements.
+//!
+//! The code does not say who a member is: everyone who has it could announce in another
+//! member's name, say that it leaves, or move it elsewhere. So each announcement also
+//! carries a tag for every member heard so far, under a key only the sender and that member
+//! can derive (from their static WireGuard keys, by Diffie-Hellman). Once a member's
+//! announcement carried a valid tag for us, only announcements with one may change or remove
+//! it, and a "leaving" never counts without one (a member that leaves before it heard us is
+//! dropped when it falls silent). Sans-IO: datagrams and the time go in; announcements to send
+//! and party changes come out.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -16,6 +24,7 @@ use blake2::{Blake2s256, Blake2sMac256, Digest};
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
+use x25519_dalek::{PublicKey, StaticSecret};
 
 use super::MAX_NAME_CHARS;
 use super::code::PartyCode;
@@ -32,8 +41,13 @@ pub const PORT: u16 = 8668;
 pub const ANNOUNCE_EVERY: Duration = Duration::from_secs(1);
 /// Silence after which a member is gone (a leaving member says so at once).
 pub const SILENT_AFTER: Duration = Duration::from_secs(4);
-/// Announcements are small; anything larger is not ours.
-pub const MAX_DATAGRAM: usize = 1024;
+/// Announcements fit one Ethernet frame; anything larger is not ours.
+pub const MAX_DATAGRAM: usize = 1400;
+/// Members an announcement carries a tag for (see the module documentation): what fits
+/// [`MAX_DATAGRAM`] beside the rest. Beyond that, members hear each other untagged.
+pub const MAX_TAGS: usize = 24;
+/// A tag: the first 4 bytes of the addressee's key and 16 bytes of MAC, in hex.
+const PAIR_TAG_HEX: usize = 2 * (4 + TAG_LEN);
 
 const MAGIC: &[u8; 4] = b"LRL1";
 const TAG_LEN: usize = 16;
@@ -46,6 +60,11 @@ pub enum LocalError {
     BadMac,
     /// An older announcement of a member we already heard from.
     Replay,
+    /// A tag for us that its claimed sender's key did not make: someone else with the code.
+    BadPairTag,
+    /// An untagged announcement about a member whose announcements are tagged, or an
+    /// untagged "leaving": anyone with the code could have sent it.
+    Untagged,
 }
 
 impl std::fmt::Display for LocalError {
@@ -54,6 +73,10 @@ impl std::fmt::Display for LocalError {
             LocalError::Malformed => "malformed local-party announcement",
             LocalError::BadMac => "local-party announcement with a bad MAC",
             LocalError::Replay => "replayed local-party announcement",
+            LocalError::BadPairTag => "local-party announcement with a forged member tag",
+            LocalError::Untagged => {
+                "untagged local-party announcement about a member whose announcements are tagged"
+            }
         })
     }
 }
@@ -71,6 +94,10 @@ struct Announcement {
     seq: u64,
     #[serde(default)]
     leaving: bool,
+    /// One per member heard (up to [`MAX_TAGS`]): the addressee's key prefix and a MAC of the
+    /// announcement without its tags, under the pair's key (hex).
+    #[serde(default)]
+    tags: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -80,6 +107,10 @@ struct Seen {
     endpoint: SocketAddr,
     seq: u64,
     last_seen: Instant,
+    /// The key of the tags between it and us.
+    pair_key: [u8; 32],
+    /// Its announcements carry valid tags for us: untagged ones no longer count.
+    tagged: bool,
 }
 
 pub struct LocalParty {
@@ -87,6 +118,9 @@ pub struct LocalParty {
     party_id: String,
     key: [u8; 32],
     me: PeerId,
+    secret: StaticSecret,
+    /// How tags for us begin.
+    my_tag_prefix: String,
     my_name: String,
     port: u16,
     subnet: Ipv4Net,
@@ -99,10 +133,11 @@ pub struct LocalParty {
 impl LocalParty {
     /// `seq_start` must grow across restarts (the caller passes the time in milliseconds), so
     /// that the others do not take our fresh announcements for replays.
+    /// `secret`: our static WireGuard key, which tags our announcements for each member.
     pub fn new(
         now: Instant,
         code: PartyCode,
-        me: PeerId,
+        secret: StaticSecret,
         my_name: &str,
         port: u16,
         subnet: Ipv4Net,
@@ -115,12 +150,15 @@ impl LocalParty {
             h.finalize().into()
         };
         let id = derive(b"lanrage local party id");
+        let me = PeerId(PublicKey::from(&secret).to_bytes());
         let my_ip = candidates(subnet, me).next().unwrap_or(subnet.network());
         LocalParty {
             code,
             party_id: id[..8].iter().map(|b| format!("{b:02x}")).collect(),
             key: derive(b"lanrage local party key"),
             me,
+            my_tag_prefix: hex::encode(&me.0[..4]),
+            secret,
             my_name: my_name.to_owned(),
             port,
             subnet,
@@ -158,10 +196,35 @@ impl LocalParty {
         if a.peer == self.me {
             return Ok(false);
         }
-        if self.members.get(&a.peer).is_some_and(|s| a.seq <= s.seq) {
-            return Err(LocalError::Replay);
+        let known = self.members.get(&a.peer);
+        let pair_key = known.map_or_else(|| self.pair_key(&a.peer), |s| s.pair_key);
+        let tagged = match a.tags.iter().find(|t| t.starts_with(&self.my_tag_prefix)) {
+            Some(tag)
+                if bool::from(
+                    pair_tag(&pair_key, &a, &self.my_tag_prefix)
+                        .as_bytes()
+                        .ct_eq(tag.as_bytes()),
+                ) =>
+            {
+                true
+            }
+            Some(_) => return Err(LocalError::BadPairTag),
+            None => false,
+        };
+        if let Some(s) = known {
+            if s.tagged && !tagged {
+                return Err(LocalError::Untagged);
+            }
+            // A tagged announcement outranks what an untagged one claimed, its number too.
+            let outranks = tagged && !s.tagged;
+            if a.seq <= s.seq && !outranks {
+                return Err(LocalError::Replay);
+            }
         }
         if a.leaving {
+            if !tagged {
+                return Err(LocalError::Untagged);
+            }
             return Ok(self.members.remove(&a.peer).is_some());
         }
         let endpoint = SocketAddr::new(from.ip(), a.port);
@@ -171,6 +234,8 @@ impl LocalParty {
             endpoint,
             seq: a.seq,
             last_seen: now,
+            pair_key,
+            tagged,
         };
         let changed = self
             .members
@@ -253,7 +318,7 @@ impl LocalParty {
 
     fn announcement(&mut self, leaving: bool) -> Vec<u8> {
         self.seq += 1;
-        let body = serde_json::to_vec(&Announcement {
+        let mut a = Announcement {
             party: self.party_id.clone(),
             peer: self.me,
             name: self.my_name.clone(),
@@ -261,8 +326,15 @@ impl LocalParty {
             port: self.port,
             seq: self.seq,
             leaving,
-        })
-        .unwrap_or_default();
+            tags: Vec::new(),
+        };
+        a.tags = self
+            .members
+            .iter()
+            .take(MAX_TAGS)
+            .map(|(peer, s)| pair_tag(&s.pair_key, &a, &hex::encode(&peer.0[..4])))
+            .collect();
+        let body = serde_json::to_vec(&a).unwrap_or_default();
         let mut datagram = Vec::with_capacity(MAGIC.len() + TAG_LEN + body.len());
         datagram.extend_from_slice(MAGIC);
         datagram.extend_from_slice(&self.tag(&body));
@@ -271,13 +343,44 @@ impl LocalParty {
     }
 
     fn tag(&self, body: &[u8]) -> [u8; TAG_LEN] {
-        let mut mac = <Blake2sMac256 as KeyInit>::new(&self.key.into());
-        mac.update(body);
-        let full = mac.finalize().into_bytes();
-        let mut tag = [0u8; TAG_LEN];
-        tag.copy_from_slice(&full[..TAG_LEN]);
-        tag
+        mac16(&self.key, body)
     }
+
+    /// The key of the tags between `peer` and us: only the two of us can derive it, and it
+    /// is bound to this party's code.
+    fn pair_key(&self, peer: &PeerId) -> [u8; 32] {
+        let shared = self.secret.diffie_hellman(&PublicKey::from(peer.0));
+        let mut h = Blake2s256::new();
+        h.update(b"lanrage local pair key");
+        h.update(self.key);
+        h.update(shared.as_bytes());
+        h.finalize().into()
+    }
+}
+
+/// The tag for the member whose key begins with `prefix` (hex): a MAC of `a` without its
+/// tags under the pair's key.
+fn pair_tag(key: &[u8; 32], a: &Announcement, prefix: &str) -> String {
+    let untagged = Announcement {
+        tags: Vec::new(),
+        party: a.party.clone(),
+        name: a.name.clone(),
+        ..*a
+    };
+    let body = serde_json::to_vec(&untagged).unwrap_or_default();
+    let mut tag = String::with_capacity(PAIR_TAG_HEX);
+    tag.push_str(prefix);
+    tag.push_str(&hex::encode(mac16(key, &body)));
+    tag
+}
+
+fn mac16(key: &[u8; 32], body: &[u8]) -> [u8; TAG_LEN] {
+    let mut mac = <Blake2sMac256 as KeyInit>::new(key.into());
+    mac.update(body);
+    let full = mac.finalize().into_bytes();
+    let mut tag = [0u8; TAG_LEN];
+    tag.copy_from_slice(&full[..TAG_LEN]);
+    tag
 }
 
 #[cfg(test)]
@@ -293,7 +396,7 @@ mod tests {
         LocalParty::new(
             now,
             code(party),
-            PeerId([n; 32]),
+            StaticSecret::from([n; 32]),
             &format!("p{n}"),
             51820 + u16::from(n),
             DEFAULT_SUBNET,
@@ -359,6 +462,8 @@ mod tests {
         let first = first.unwrap();
         a.receive(t, from(2), &first).unwrap();
         assert_eq!(a.receive(t, from(2), &first), Err(LocalError::Replay));
+        // B's leaving counts once B has heard A (and so can tag it for A).
+        b.receive(t, from(1), &a.poll(t).0.unwrap()).unwrap();
         assert_eq!(a.receive(t, from(2), &b.leave()), Ok(true));
         assert_eq!(a.party().members.len(), 1);
     }
@@ -379,6 +484,9 @@ mod tests {
     fn the_higher_key_moves_off_a_shared_address() {
         let t = Instant::now();
         let (mut low, mut high) = (member(t, 1, 7), member(t, 2, 7));
+        if low.me > high.me {
+            std::mem::swap(&mut low, &mut high);
+        }
         // Force a collision: both on low's address.
         high.my_ip = low.my_ip;
         let (from_low, _) = low.poll(t);
@@ -389,5 +497,103 @@ mod tests {
         let before = low.my_ip();
         low.receive(t, from(2), &from_high.unwrap()).unwrap();
         assert_eq!(low.my_ip(), before, "the lower key stays");
+    }
+
+    /// Everyone with the code can make an announcement; only a member's own key makes the
+    /// tags in it. Once two members have heard each other, nobody else can make one leave,
+    /// move or rename, nor shut it out with a forged sequence number.
+    #[test]
+    fn another_member_cannot_speak_for_one_that_tags_its_announcements() {
+        let t = Instant::now();
+        let (mut a, mut b, forger) = (member(t, 1, 7), member(t, 2, 7), member(t, 3, 7));
+        // A and B hear each other once: B's next announcements carry a tag for A.
+        b.receive(t, from(1), &a.poll(t).0.unwrap()).unwrap();
+        a.receive(t, from(2), &b.poll(t).0.unwrap()).unwrap();
+        let tagged = b.poll(t + ANNOUNCE_EVERY).0.unwrap();
+        assert_eq!(a.receive(t, from(2), &tagged), Ok(false));
+        assert!(a.members[&b.me].tagged);
+
+        // The forger has the code, not B's key: a "leaving" in B's name, or B elsewhere with
+        // a sequence number far ahead, announced as the party's MAC allows.
+        let forge = |leaving: bool, seq: u64, tags: Vec<String>| {
+            let body = serde_json::to_vec(&Announcement {
+                party: forger.party_id.clone(),
+                peer: b.me,
+                name: "bob".into(),
+                ip: Ipv4Addr::new(10, 66, 0, 99),
+                port: 1,
+                seq,
+                leaving,
+                tags,
+            })
+            .unwrap();
+            [&MAGIC[..], &forger.tag(&body), &body].concat()
+        };
+        assert_eq!(
+            a.receive(t, from(3), &forge(true, u64::MAX, vec![])),
+            Err(LocalError::Untagged)
+        );
+        assert_eq!(
+            a.receive(t, from(3), &forge(false, u64::MAX, vec![])),
+            Err(LocalError::Untagged)
+        );
+        // A tag for A made with the forger's own pair key with A is not B's.
+        let fake = pair_tag(
+            &forger.pair_key(&a.me),
+            &Announcement {
+                party: forger.party_id.clone(),
+                peer: b.me,
+                name: "bob".into(),
+                ip: Ipv4Addr::new(10, 66, 0, 99),
+                port: 1,
+                seq: u64::MAX,
+                leaving: true,
+                tags: vec![],
+            },
+            &a.my_tag_prefix,
+        );
+        assert_eq!(
+            a.receive(t, from(3), &forge(true, u64::MAX, vec![fake])),
+            Err(LocalError::BadPairTag)
+        );
+        let party = a.party();
+        let bob = party
+            .members
+            .iter()
+            .find(|m| m.peer == b.me)
+            .expect("B still in A's party");
+        assert_eq!(
+            (bob.virtual_ip, bob.endpoints[0]),
+            (b.my_ip(), SocketAddr::new(from(2).ip(), b.port))
+        );
+        // B's own leaving counts.
+        assert_eq!(a.receive(t, from(2), &b.leave()), Ok(true));
+        assert!(a.party().members.iter().all(|m| m.peer != b.me));
+    }
+
+    /// An untagged announcement heard before the member's own cannot shut it out: a tagged
+    /// one outranks it, sequence number and all.
+    #[test]
+    fn a_forgery_heard_first_is_replaced_by_the_members_own_announcement() {
+        let t = Instant::now();
+        let (mut a, mut b, forger) = (member(t, 1, 7), member(t, 2, 7), member(t, 3, 7));
+        let body = serde_json::to_vec(&Announcement {
+            party: forger.party_id.clone(),
+            peer: b.me,
+            name: "bob".into(),
+            ip: Ipv4Addr::new(10, 66, 0, 99),
+            port: 1,
+            seq: u64::MAX,
+            leaving: false,
+            tags: vec![],
+        })
+        .unwrap();
+        let forged = [&MAGIC[..], &forger.tag(&body), &body].concat();
+        assert_eq!(a.receive(t, from(3), &forged), Ok(true));
+        b.receive(t, from(1), &a.poll(t).0.unwrap()).unwrap();
+        assert_eq!(a.receive(t, from(2), &b.poll(t).0.unwrap()), Ok(true));
+        let party = a.party();
+        let bob = party.members.iter().find(|m| m.peer == b.me).unwrap();
+        assert_eq!(bob.virtual_ip, b.my_ip());
     }
 }

@@ -69,7 +69,7 @@ impl State {
         let party = LocalParty::new(
             Instant::now(),
             code,
-            self.cfg.me,
+            self.cfg.secret.into(),
             &self.cfg.member_name,
             self.cfg.listen_port,
             DEFAULT_SUBNET,
