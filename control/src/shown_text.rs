@@ -59,9 +59,24 @@ pub fn clean(text: &str, max_chars: usize) -> String {
     out
 }
 
+/// What two names that look alike have in common: the visible characters, without white
+/// space, in lower case ("Bob", "bob " and "b\u{200B}ob" all give "bob").
+pub fn likeness(name: &str) -> String {
+    name.chars()
+        .filter(|&c| !c.is_whitespace() && !is_hidden(c))
+        .flat_map(char::to_lowercase)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_that_look_alike_are_alike() {
+        assert_eq!(likeness("Bob"), likeness(" b\u{200B}OB\t"));
+        assert_ne!(likeness("Bob"), likeness("Bobby"));
+    }
 
     #[test]
     fn escapes_bidi_overrides_and_invisible_characters_are_taken_out() {

@@ -6,23 +6,16 @@ use lanrage_control::shown_text;
 
 use crate::local_api::PeerInfo;
 
-/// What two names that look alike have in common: the visible characters, without white
-/// space, in lower case.
-fn look(name: &str) -> String {
-    shown_text::clean(name, usize::MAX)
-        .chars()
-        .filter(|c| !c.is_whitespace())
-        .flat_map(char::to_lowercase)
-        .collect()
-}
-
 /// The member `query` names: by virtual IP, or by a name only one member's looks like.
 pub fn find<'a>(peers: &'a [PeerInfo], query: &str) -> Result<&'a PeerInfo, String> {
     if let Some(p) = peers.iter().find(|p| p.virtual_ip.to_string() == query) {
         return Ok(p);
     }
-    let wanted = look(query);
-    let alike: Vec<&PeerInfo> = peers.iter().filter(|p| look(&p.name) == wanted).collect();
+    let wanted = shown_text::likeness(query);
+    let alike: Vec<&PeerInfo> = peers
+        .iter()
+        .filter(|p| shown_text::likeness(&p.name) == wanted)
+        .collect();
     match alike.as_slice() {
         [one] => Ok(one),
         [] => {

@@ -13,6 +13,7 @@ use super::code::PartyCode;
 use crate::ipam::{AddressPool, DEFAULT_SUBNET, IpamError};
 use crate::nat::NatType;
 use crate::peer_id::PeerId;
+use crate::shown_text;
 
 #[derive(Debug, Clone)]
 pub struct RegistryConfig {
@@ -271,6 +272,7 @@ impl Registry {
             return Err(PartyError::PartyFull { max_members });
         }
         party.pool.assign(peer)?;
+        let name = distinct(name, party.members.values().map(|m| m.name.as_str()));
         party.members.insert(peer, MemberState::new(name, now));
         self.remove_from_current(peer, LeaveReason::Moved);
         self.by_peer.insert(peer, id);
@@ -549,12 +551,34 @@ fn valid_name(what: &'static str, name: &str) -> Result<String, PartyError> {
         "empty".to_owned()
     } else if name.chars().count() > MAX_NAME_CHARS {
         format!("longer than {MAX_NAME_CHARS} characters")
-    } else if name.chars().any(char::is_control) {
-        "contains control characters".to_owned()
+    } else if name.chars().any(shown_text::is_hidden) {
+        "contains control or invisible characters".to_owned()
     } else {
         return Ok(name.to_owned());
     };
     Err(PartyError::InvalidName { what, why })
+}
+
+/// `name`, or if a member's name in `taken` looks like it ([`shown_text::likeness`]), `name`
+/// with the first number from 2 on that makes it look like none: two players both called
+/// "player" become "player" and "player 2", so nobody pings or joins the wrong one.
+fn distinct<'a>(name: String, taken: impl Iterator<Item = &'a str> + Clone) -> String {
+    let clashes = |candidate: &str| {
+        let look = shown_text::likeness(candidate);
+        taken.clone().any(|t| shown_text::likeness(t) == look)
+    };
+    if !clashes(&name) {
+        return name;
+    }
+    (2u32..)
+        .map(|n| {
+            let suffix = format!(" {n}");
+            let room = MAX_NAME_CHARS.saturating_sub(suffix.chars().count());
+            let base: String = name.chars().take(room).collect();
+            format!("{}{suffix}", base.trim_end())
+        })
+        .find(|candidate| !clashes(candidate))
+        .unwrap_or(name)
 }
 
 #[cfg(test)]
@@ -645,7 +669,14 @@ mod tests {
         );
         // A member joining again is not turned away by a full party.
         assert!(r.join(t, &code(1), peer(2), "b").is_ok());
-        for bad in ["", "   ", "a\nb", &"x".repeat(MAX_NAME_CHARS + 1)] {
+        for bad in [
+            "",
+            "   ",
+            "a\nb",
+            &"x".repeat(MAX_NAME_CHARS + 1),
+            "evil\u{202E}gnp.exe",
+            "b\u{200B}ob",
+        ] {
             assert!(matches!(
                 r.join(t, &code(1), peer(4), bad),
                 Err(PartyError::InvalidName { .. })
@@ -842,5 +873,33 @@ mod tests {
         assert!(other.id > records[0].id);
         // The same records again are refused, not merged.
         assert!(restored.restore(t, records[0].clone()).is_err());
+    }
+
+    #[test]
+    fn a_name_like_another_members_gets_a_number() {
+        let t = Instant::now();
+        let mut r = Registry::new(RegistryConfig::default()).unwrap();
+        r.create(t, peer(1), "player", "party", code(1)).unwrap();
+        let names = |r: &mut Registry| -> Vec<String> {
+            let view = r.join(t, &code(1), peer(1), "player").unwrap();
+            let mut names: Vec<String> = view.members.iter().map(|m| m.name.clone()).collect();
+            names.sort();
+            names
+        };
+        r.join(t, &code(1), peer(2), "Player").unwrap();
+        r.join(t, &code(1), peer(3), " PLAYER").unwrap();
+        r.join(t, &code(1), peer(4), &"x".repeat(MAX_NAME_CHARS)).unwrap();
+        r.join(t, &code(1), peer(5), &"X".repeat(MAX_NAME_CHARS)).unwrap();
+        let mut expected = vec![
+            "player".to_owned(),
+            "Player 2".to_owned(),
+            "PLAYER 3".to_owned(),
+            "x".repeat(MAX_NAME_CHARS),
+            format!("{} 2", "X".repeat(MAX_NAME_CHARS - 2)),
+        ];
+        expected.sort();
+        assert_eq!(names(&mut r), expected);
+        // A member joining again keeps its name.
+        assert_eq!(names(&mut r), expected);
     }
 }
