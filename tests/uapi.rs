@@ -45,7 +45,7 @@ fn garbage_gets_an_errno_and_the_daemon_keeps_serving() {
         );
     }
     // Over the size limit without ever ending the request.
-    let huge = vec![b'a'; 3 << 20];
+    let huge = vec![b'a'; lanrage_control::uapi::DEFAULT_MAX_REQUEST_LEN + (1 << 20)];
     let answer = raw_request(node, &huge);
     assert!(
         answer.starts_with("errno="),
@@ -118,6 +118,43 @@ fn fwmark_and_showconf_setconf_round_trip() {
     initiator.wait_ping(node.inner4, HANDSHAKE_TIMEOUT);
     node.wg(&["set", &node.ifname, "fwmark", "0"]);
     assert_eq!(node.wg(&["show", &node.ifname, "fwmark"]).trim(), "off");
+    pair.assert_running();
+}
+
+/// A configuration as large as real ones get: one peer routing 100,000 addresses, sent by
+/// `wg setconf` in one request of 2.6 MB (once refused at 1 MiB, and wg died of SIGPIPE).
+#[test]
+fn setconf_takes_a_peer_with_100k_allowed_ips() {
+    let mut pair = Pair::new(Impl::Lanrage, Impl::Lanrage);
+    pair.handshake();
+    let node = &pair.responder;
+    let conf = node.wg(&["showconf", &node.ifname]);
+    let ips: Vec<String> = (0..100_000u32)
+        .map(|n| {
+            let [_, a, b, c] = n.to_be_bytes();
+            format!("10.{}.{b}.{c}/32", 100 + a)
+        })
+        .collect();
+    let big = conf.replacen(
+        "AllowedIPs = ",
+        &format!("AllowedIPs = {}, ", ips.join(", ")),
+        1,
+    );
+    assert!(big.len() > 1_500_000, "{conf}");
+    let conf_path = pair.dir().join("big.conf");
+    std::fs::write(&conf_path, &big).expect("write conf");
+    node.wg(&[
+        "setconf",
+        &node.ifname,
+        conf_path.to_str().expect("utf-8 path"),
+    ]);
+    let shown = node.wg(&["show", &node.ifname, "allowed-ips"]);
+    let count = shown
+        .split_whitespace()
+        .filter(|w| w.ends_with("/32"))
+        .count();
+    assert!(count >= 100_000, "{count} addresses shown");
+    pair.initiator.wait_ping(node.inner4, HANDSHAKE_TIMEOUT);
     pair.assert_running();
 }
 

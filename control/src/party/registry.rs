@@ -888,8 +888,10 @@ mod tests {
         };
         r.join(t, &code(1), peer(2), "Player").unwrap();
         r.join(t, &code(1), peer(3), " PLAYER").unwrap();
-        r.join(t, &code(1), peer(4), &"x".repeat(MAX_NAME_CHARS)).unwrap();
-        r.join(t, &code(1), peer(5), &"X".repeat(MAX_NAME_CHARS)).unwrap();
+        r.join(t, &code(1), peer(4), &"x".repeat(MAX_NAME_CHARS))
+            .unwrap();
+        r.join(t, &code(1), peer(5), &"X".repeat(MAX_NAME_CHARS))
+            .unwrap();
         let mut expected = vec![
             "player".to_owned(),
             "Player 2".to_owned(),
