@@ -228,6 +228,11 @@ fn handshake_initiator(
         }
         _ => return Err(Refusal::Dropped(DropReason::CryptoFailed)),
     };
+    // The MACs passed (and the cookie, under load): the sender owns its address, which may
+    // now cost us only its own budget of the expensive part.
+    if !identity.sources.allow(from.ip(), std::time::Instant::now()) {
+        return Err(Refusal::Dropped(DropReason::HandshakeRateLimited));
+    }
     let half = parse_handshake_anon(&identity.secret, &identity.public, &init)
         .map_err(|_| Refusal::Dropped(DropReason::CryptoFailed))?;
     table
@@ -469,6 +474,37 @@ mod tests {
         assert_eq!(classify(datagram), Datagram::HandshakeInit);
         let connected = Loopback::connected();
         assert!(connected.a.peer.tx_bytes() > 0 && connected.b.peer.rx_bytes() > 0);
+    }
+
+    /// A host that floods valid initiations costs us only its own budget of Diffie-Hellmans;
+    /// another host's handshake still gets through at once.
+    #[test]
+    fn a_flood_of_initiations_from_one_address_is_limited_to_its_budget() {
+        let pair = Loopback::new();
+        let packet = pair.a.packet_to(&pair.b, 60);
+        let mut out = vec![0u8; 2048];
+        let Outbound::Send { datagram, .. } = encapsulate(&pair.a.table, &packet, &mut out) else {
+            panic!("expected a handshake initiation");
+        };
+        let init = datagram.to_vec();
+        let limited = (0..40)
+            .filter(|_| {
+                matches!(
+                    decapsulate(&pair.b.table, pair.a.addr, &init, &mut out),
+                    Inbound::Dropped(DropReason::HandshakeRateLimited)
+                )
+            })
+            .count();
+        let burst = crate::handshake_sources::BURST as usize;
+        assert!(
+            (40 - burst - 1..=40 - burst).contains(&limited),
+            "{limited} of 40 limited"
+        );
+        let elsewhere: std::net::SocketAddr = "192.0.2.200:51820".parse().unwrap();
+        assert!(!matches!(
+            decapsulate(&pair.b.table, elsewhere, &init, &mut out),
+            Inbound::Dropped(DropReason::HandshakeRateLimited)
+        ));
     }
 
     #[test]

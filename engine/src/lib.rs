@@ -11,6 +11,7 @@ mod allowed_ips;
 mod config;
 pub mod dataplane;
 mod engine;
+pub mod handshake_sources;
 pub mod io;
 pub mod lan;
 pub mod loopback;

@@ -33,10 +33,12 @@ pub enum DropReason {
     QueueFull,
     /// A LAN broadcast or multicast over a member's budget, ours or another's (see `lan`).
     BroadcastRateLimited,
+    /// A handshake initiation over its source address's budget (see `handshake_sources`).
+    HandshakeRateLimited,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 13] = [
+    pub const ALL: [DropReason; 14] = [
         DropReason::MalformedDatagram,
         DropReason::UnknownPeer,
         DropReason::CryptoFailed,
@@ -50,6 +52,7 @@ impl DropReason {
         DropReason::TunWriteFailed,
         DropReason::QueueFull,
         DropReason::BroadcastRateLimited,
+        DropReason::HandshakeRateLimited,
     ];
 
     /// Stable snake_case name, for logs and metrics.
@@ -68,6 +71,7 @@ impl DropReason {
             DropReason::TunWriteFailed => "tun_write_failed",
             DropReason::QueueFull => "queue_full",
             DropReason::BroadcastRateLimited => "broadcast_rate_limited",
+            DropReason::HandshakeRateLimited => "handshake_rate_limited",
         }
     }
 }

@@ -14,6 +14,7 @@ use boringtun::x25519::{PublicKey, StaticSecret};
 
 use crate::allowed_ips::AllowedIps;
 use crate::config::Key;
+use crate::handshake_sources::HandshakeSources;
 use crate::lan::{Groups, Lan};
 use crate::peer::Peer;
 
@@ -21,11 +22,13 @@ use crate::peer::Peer;
 /// twice on our path: once to find the peer, once inside its session).
 pub const HANDSHAKE_RATE_LIMIT: u64 = 200;
 
-/// The device's own key and the handshake rate limiter bound to it.
+/// The device's own key and the handshake rate limiters bound to it.
 pub struct Identity {
     pub secret: StaticSecret,
     pub public: PublicKey,
     pub rate_limiter: Arc<RateLimiter>,
+    /// Each source address's own budget, past the cookie check.
+    pub sources: HandshakeSources,
 }
 
 impl Identity {
@@ -37,6 +40,7 @@ impl Identity {
             secret,
             public,
             rate_limiter,
+            sources: HandshakeSources::default(),
         }
     }
 }
