@@ -1,7 +1,8 @@
 //! What hostile peers and clients send the party code: local-party announcements from the LAN,
-//! party codes as typed, the control server's JSON bodies and events, and the text forms of
-//! challenges, proofs and tokens it checks. Nothing may panic, and a code that parses must
-//! print back to a code that parses to itself.
+//! party codes as typed, the control server's JSON bodies and events (and what a member makes
+//! of a server's party), names shown to players, forwarding headers behind a proxy, and the
+//! text forms of challenges, proofs and tokens it checks. Nothing may panic, and a code that
+//! parses must print back to a code that parses to itself.
 #![no_main]
 
 use std::net::SocketAddr;
@@ -11,8 +12,11 @@ use lanrage_control::auth::{Challenge, Proof, ServerAuth, Token};
 use lanrage_control::ipam::DEFAULT_SUBNET;
 use lanrage_control::party::code::PartyCode;
 use lanrage_control::party::local::LocalParty;
+use lanrage_control::party::scope;
+use lanrage_control::party::source::{TrustedProxies, TrustedProxy};
 use lanrage_control::peer_id::PeerId;
 use lanrage_control::server_api::{EventJson, Heartbeat, JoinParty, PartyJson, TokenRequest};
+use lanrage_control::shown_text;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -35,7 +39,20 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(code.to_string().parse::<PartyCode>().ok(), Some(code));
         }
         let _ = serde_json::from_str::<EventJson>(text);
-        let _ = serde_json::from_str::<PartyJson>(text);
+        if let Ok(party) = serde_json::from_str::<PartyJson>(text) {
+            // What a hostile server's party may make of the tunnel.
+            if let Ok(subnet) = scope::check(&party, PeerId([1; 32])) {
+                assert!(subnet.prefix_len() >= scope::WIDEST_PREFIX);
+            }
+        }
+        // Names as other players chose them, and forwarding headers as a proxy passes them.
+        let shown = shown_text::clean(text, 64);
+        assert!(shown.chars().count() <= 64 && !shown.chars().any(shown_text::is_hidden));
+        let _ = shown_text::likeness(text);
+        let proxies = TrustedProxies::new(["10.0.0.0/8".parse::<TrustedProxy>().unwrap()]);
+        let (xff, fwd) = text.split_once('\n').unwrap_or((text, ""));
+        let client = proxies.client("10.1.2.3".parse().unwrap(), [xff], [fwd]);
+        let _ = proxies.contains(client);
         let _ = serde_json::from_str::<Heartbeat>(text);
         let _ = serde_json::from_str::<JoinParty>(text);
         let _ = serde_json::from_str::<TokenRequest>(text);

@@ -404,6 +404,27 @@ mod tests {
         )
     }
 
+    /// What `forger`, who has the code but not `victim`'s key, can say in its name: that it is
+    /// at another address (or leaves), numbered `seq`, with no tags.
+    fn claim(forger: &LocalParty, victim: PeerId, leaving: bool, seq: u64) -> Announcement {
+        Announcement {
+            party: forger.party_id.clone(),
+            peer: victim,
+            name: "bob".into(),
+            ip: Ipv4Addr::new(10, 66, 0, 99),
+            port: 1,
+            seq,
+            leaving,
+            tags: vec![],
+        }
+    }
+
+    /// `a` as a datagram under the party's MAC, which anyone with the code can make.
+    fn sealed(holder: &LocalParty, a: &Announcement) -> Vec<u8> {
+        let body = serde_json::to_vec(a).unwrap();
+        [&MAGIC[..], &holder.tag(&body), &body].concat()
+    }
+
     fn from(n: u8) -> SocketAddr {
         SocketAddr::from(([192, 168, 1, n], PORT))
     }
@@ -516,18 +537,13 @@ mod tests {
         // The forger has the code, not B's key: a "leaving" in B's name, or B elsewhere with
         // a sequence number far ahead, announced as the party's MAC allows.
         let forge = |leaving: bool, seq: u64, tags: Vec<String>| {
-            let body = serde_json::to_vec(&Announcement {
-                party: forger.party_id.clone(),
-                peer: b.me,
-                name: "bob".into(),
-                ip: Ipv4Addr::new(10, 66, 0, 99),
-                port: 1,
-                seq,
-                leaving,
-                tags,
-            })
-            .unwrap();
-            [&MAGIC[..], &forger.tag(&body), &body].concat()
+            sealed(
+                &forger,
+                &Announcement {
+                    tags,
+                    ..claim(&forger, b.me, leaving, seq)
+                },
+            )
         };
         assert_eq!(
             a.receive(t, from(3), &forge(true, u64::MAX, vec![])),
@@ -540,16 +556,7 @@ mod tests {
         // A tag for A made with the forger's own pair key with A is not B's.
         let fake = pair_tag(
             &forger.pair_key(&a.me),
-            &Announcement {
-                party: forger.party_id.clone(),
-                peer: b.me,
-                name: "bob".into(),
-                ip: Ipv4Addr::new(10, 66, 0, 99),
-                port: 1,
-                seq: u64::MAX,
-                leaving: true,
-                tags: vec![],
-            },
+            &claim(&forger, b.me, true, u64::MAX),
             &a.my_tag_prefix,
         );
         assert_eq!(
@@ -577,18 +584,7 @@ mod tests {
     fn a_forgery_heard_first_is_replaced_by_the_members_own_announcement() {
         let t = Instant::now();
         let (mut a, mut b, forger) = (member(t, 1, 7), member(t, 2, 7), member(t, 3, 7));
-        let body = serde_json::to_vec(&Announcement {
-            party: forger.party_id.clone(),
-            peer: b.me,
-            name: "bob".into(),
-            ip: Ipv4Addr::new(10, 66, 0, 99),
-            port: 1,
-            seq: u64::MAX,
-            leaving: false,
-            tags: vec![],
-        })
-        .unwrap();
-        let forged = [&MAGIC[..], &forger.tag(&body), &body].concat();
+        let forged = sealed(&forger, &claim(&forger, b.me, false, u64::MAX));
         assert_eq!(a.receive(t, from(3), &forged), Ok(true));
         b.receive(t, from(1), &a.poll(t).0.unwrap()).unwrap();
         assert_eq!(a.receive(t, from(2), &b.poll(t).0.unwrap()), Ok(true));

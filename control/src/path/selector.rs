@@ -827,6 +827,25 @@ mod tests {
         }
     }
 
+    /// A genuine ping of host `seed`'s (see [`host`]) to `to`, numbered `n`: what a peer
+    /// could send at any rate it likes.
+    fn ping_from(seed: u8, to: PeerId, n: u32) -> Vec<u8> {
+        let mut transaction = [0; 12];
+        transaction[..4].copy_from_slice(&n.to_le_bytes());
+        let sender = PeerId(PublicKey::from(&StaticSecret::from([seed; 32])).to_bytes());
+        let key = PairKey::new(&StaticSecret::from([seed; 32]), &to);
+        let mut buf = [0; PONG_LEN];
+        let len = frame::encode(
+            &Frame::Ping {
+                sender,
+                transaction,
+            },
+            &key,
+            &mut buf,
+        );
+        buf[..len].to_vec()
+    }
+
     /// The most probe datagrams `h` sent in any one second from `since` on.
     fn busiest_second(h: &Host, since: Instant) -> usize {
         let times: Vec<Instant> = h.sent.iter().map(|s| s.0).filter(|&t| t >= since).collect();
@@ -1392,15 +1411,7 @@ mod tests {
         let mut rounds = 0;
         for n in 0..180u32 {
             let now = t0 + ms(5 * u64::from(n));
-            let mut transaction = [0; 12];
-            transaction[..4].copy_from_slice(&n.to_le_bytes());
-            let ping = Frame::Ping {
-                sender: b,
-                transaction,
-            };
-            let mut buf = [0; PONG_LEN];
-            let len = frame::encode(&ping, &key, &mut buf);
-            let _ = hosts[0].selector.handle(now, b_public, &buf[..len]);
+            let _ = hosts[0].selector.handle(now, b_public, &ping_from(2, a, n));
             while let Some((_, bytes)) = hosts[0].selector.poll_transmit(now) {
                 rounds += usize::from(
                     frame::decode(&bytes, &key).is_ok_and(|f| matches!(f, Frame::Ping { .. })),
@@ -1428,19 +1439,10 @@ mod tests {
         let b_public = PathAddr::direct(b.public);
         a.selector.set_peer(t0, b.id, &[b_public]);
         while a.selector.poll_transmit(t0).is_some() {}
-        let key = PairKey::new(&StaticSecret::from([2; 32]), &a.id);
         let flood = |a: &mut Host, now: Instant, count: u32| {
             let mut pongs = 0;
             for n in 0..count {
-                let mut transaction = [0; 12];
-                transaction[..4].copy_from_slice(&n.to_le_bytes());
-                let ping = Frame::Ping {
-                    sender: b.id,
-                    transaction,
-                };
-                let mut buf = [0; PONG_LEN];
-                let len = frame::encode(&ping, &key, &mut buf);
-                let _ = a.selector.handle(now, b_public, &buf[..len]);
+                let _ = a.selector.handle(now, b_public, &ping_from(2, a.id, n));
             }
             while let Some((_, bytes)) = a.selector.poll_transmit(now) {
                 pongs += usize::from(bytes.len() == PONG_LEN);
@@ -1523,20 +1525,12 @@ mod tests {
             to_victims(Duration::from_secs(40))
         );
         // A ping from an address no peer could be at is not answered.
-        let ping = Frame::Ping {
-            sender: b,
-            transaction: [7; 12],
-        };
-        let mut buf = [0; PONG_LEN];
-        let len = frame::encode(
-            &ping,
-            &PairKey::new(&StaticSecret::from([2; 32]), &a),
-            &mut buf,
-        );
         let loopback = PathAddr::direct(addr("127.0.0.1:51820"));
         let later = t0 + minute;
         assert_eq!(
-            hosts[0].selector.handle(later, loopback, &buf[..len]),
+            hosts[0]
+                .selector
+                .handle(later, loopback, &ping_from(2, a, 7)),
             Err(Refused::UnknownPeer)
         );
     }
