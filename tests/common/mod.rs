@@ -482,6 +482,26 @@ impl Daemon {
         self.exited
     }
 
+    /// CPU time (user and system) the daemon has used so far, from `/proc/PID/stat`.
+    pub fn cpu_time(&self) -> Duration {
+        let stat =
+            fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields after the command name (which may hold spaces) from its closing parenthesis:
+        // utime and stime are the 14th and 15th fields of the line.
+        let ticks: u64 = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| {
+                rest.split_whitespace()
+                    .skip(11)
+                    .take(2)
+                    .filter_map(|t| t.parse::<u64>().ok())
+                    .sum()
+            })
+            .unwrap_or(0);
+        // The kernel's USER_HZ is 100 on every architecture Linux runs this on.
+        Duration::from_millis(ticks * 10)
+    }
+
     /// Panics unless the daemon still runs: a crash during a test is a failure even when the
     /// traffic checks happened to pass before it.
     pub fn assert_running(&mut self) {
