@@ -1386,6 +1386,11 @@ mod tests {
                 );
                 // Two candidates, one answering: a few probes a second, once settled.
                 let settled = busiest_second(h, end - Duration::from_secs(2));
+                let back = after.last().map_or(Duration::ZERO, |(at, _)| *at - resumed);
+                eprintln!(
+                    "stall {stall:?}, host {i}: settled {back:?} after resuming; at most \
+                     {busiest} probes in a second, {settled} once settled"
+                );
                 assert!(
                     settled <= 6,
                     "host {i} after a {stall:?} stall: still {settled} probes a second"
