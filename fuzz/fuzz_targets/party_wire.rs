@@ -41,8 +41,11 @@ fuzz_target!(|data: &[u8]| {
         let _ = serde_json::from_str::<EventJson>(text);
         if let Ok(party) = serde_json::from_str::<PartyJson>(text) {
             // What a hostile server's party may make of the tunnel.
-            if let Ok(subnet) = scope::check(&party, PeerId([1; 32])) {
+            if let Ok(subnet) = scope::check(&party, PeerId([1; 32]), scope::Allowed::Private) {
                 assert!(subnet.prefix_len() >= scope::WIDEST_PREFIX);
+            }
+            if let Ok(subnet) = scope::check(&party, PeerId([1; 32]), scope::Allowed::Any) {
+                assert!(subnet.prefix_len() >= scope::WIDEST_ALLOWED_PREFIX);
             }
         }
         // Names as other players chose them, and forwarding headers as a proxy passes them.

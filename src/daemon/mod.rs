@@ -354,6 +354,11 @@ impl Daemon {
                 .transpose()
                 .context("cannot start the thread for control-server calls")?,
             relays: settings.relays != "off",
+            party_subnets: if settings.party_subnet_any {
+                lanrage_control::party::scope::Allowed::Any
+            } else {
+                lanrage_control::party::scope::Allowed::Private
+            },
             discord: discord::Discord::start(discord::DiscordConfig::from_settings(&settings))
                 .context("cannot start the Discord thread")?,
             events: event_sink,

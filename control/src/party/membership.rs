@@ -102,6 +102,8 @@ pub struct Membership {
     refused: Option<ScopeError>,
     /// Members left out for an address outside the party's subnet (or our own).
     members_refused: u64,
+    /// Which subnets we take ([`scope::Allowed`]).
+    allowed: scope::Allowed,
 }
 
 impl Membership {
@@ -121,7 +123,14 @@ impl Membership {
             subnet: None,
             refused: None,
             members_refused: 0,
+            allowed: scope::Allowed::Private,
         }
+    }
+
+    /// Takes party subnets as `allowed` says (the user's `party_subnet_any`).
+    pub fn allowing(mut self, allowed: scope::Allowed) -> Self {
+        self.allowed = allowed;
+        self
     }
 
     /// Why the server's last party was refused, while it is.
@@ -270,7 +279,7 @@ impl Membership {
     /// Makes the tunnel match `party` (or no party).
     fn adopt(&mut self, party: Option<PartyJson>, actions: &mut Vec<Action>) {
         // A party whose subnet or our address in it is not acceptable is no party at all.
-        let (party, subnet) = match party.map(|p| (scope::check(&p, self.me), p)) {
+        let (party, subnet) = match party.map(|p| (scope::check(&p, self.me, self.allowed), p)) {
             Some((Ok(net), p)) => {
                 self.refused = None;
                 (Some(p), Some(net))

@@ -15,6 +15,9 @@ use crate::server_api::PartyJson;
 
 /// The widest party subnet a member takes: 65,534 members, far beyond any party.
 pub const WIDEST_PREFIX: u8 = 16;
+/// The widest a member takes when its user allows any subnet (`party_subnet_any`): never
+/// the whole internet or half of it.
+pub const WIDEST_ALLOWED_PREFIX: u8 = 8;
 
 /// Where a party subnet may lie.
 const PRIVATE_RANGES: [Ipv4Net; 4] = [
@@ -55,8 +58,9 @@ impl fmt::Display for ScopeError {
             ),
             ScopeError::TooWide(net) => write!(
                 f,
-                "the control server gave the party the subnet {net}, wider than /{WIDEST_PREFIX}: \
-                 refused"
+                "the control server gave the party the subnet {net}, wider than this member takes \
+                 (/{WIDEST_PREFIX} in the private ranges, /{WIDEST_ALLOWED_PREFIX} with the setting \
+                 party_subnet_any): refused"
             ),
             ScopeError::OwnAddress(Some(ip)) => write!(
                 f,
@@ -71,17 +75,31 @@ impl fmt::Display for ScopeError {
 
 impl std::error::Error for ScopeError {}
 
+/// Which party subnets a member takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Allowed {
+    /// Private or shared address space, no wider than [`WIDEST_PREFIX`].
+    #[default]
+    Private,
+    /// Anything no wider than [`WIDEST_ALLOWED_PREFIX`]: the user said so (`party_subnet_any`).
+    Any,
+}
+
 /// The party's subnet, if a member may route it into the tunnel.
-pub fn subnet(party: &PartyJson) -> Result<Ipv4Net, ScopeError> {
+pub fn subnet(party: &PartyJson, allowed: Allowed) -> Result<Ipv4Net, ScopeError> {
     let net: Ipv4Net = party
         .subnet
         .parse()
         .map_err(|_| ScopeError::Malformed(party.subnet.chars().take(64).collect()))?;
     let net = net.trunc();
-    if !PRIVATE_RANGES.iter().any(|range| range.contains(&net)) {
-        return Err(ScopeError::NotPrivate(net));
-    }
-    if net.prefix_len() < WIDEST_PREFIX {
+    let widest = match allowed {
+        Allowed::Private if !PRIVATE_RANGES.iter().any(|range| range.contains(&net)) => {
+            return Err(ScopeError::NotPrivate(net));
+        }
+        Allowed::Private => WIDEST_PREFIX,
+        Allowed::Any => WIDEST_ALLOWED_PREFIX,
+    };
+    if net.prefix_len() < widest {
         return Err(ScopeError::TooWide(net));
     }
     Ok(net)
@@ -96,8 +114,8 @@ pub fn is_member_address(subnet: Ipv4Net, ip: Ipv4Addr) -> bool {
 /// Checks a party as a server answered a create, a join or a resume: its subnet, and our own
 /// address in it. Other members outside the subnet are left out one by one (see
 /// [`super::membership::Membership`]), not the whole party.
-pub fn check(party: &PartyJson, me: PeerId) -> Result<Ipv4Net, ScopeError> {
-    let net = subnet(party)?;
+pub fn check(party: &PartyJson, me: PeerId, allowed: Allowed) -> Result<Ipv4Net, ScopeError> {
+    let net = subnet(party, allowed)?;
     let mine = party
         .members
         .iter()
@@ -141,15 +159,19 @@ mod tests {
             ("192.168.77.0/24", "192.168.77.1"),
             ("100.100.0.0/16", "100.100.3.3"),
         ] {
-            let net = check(&party(subnet, ip(mine)), me);
+            let net = check(&party(subnet, ip(mine)), me, Allowed::Private);
             assert_eq!(net.map(|n| n.to_string()), Ok(subnet.to_string()));
         }
         for (subnet, mine, why) in [
             ("128.0.0.0/1", "128.0.0.1", "not a private range"),
             ("0.0.0.0/0", "10.0.0.1", "not a private range"),
             ("8.8.8.0/24", "8.8.8.9", "not a private range"),
-            ("10.0.0.0/8", "10.0.0.9", "wider than /16"),
-            ("172.16.0.0/15", "172.16.0.9", "wider than /16"),
+            ("10.0.0.0/8", "10.0.0.9", "wider than this member takes"),
+            (
+                "172.16.0.0/15",
+                "172.16.0.9",
+                "wider than this member takes",
+            ),
             ("10.66.0.0/16", "8.8.8.8", "outside the party's subnet"),
             ("10.66.0.0/16", "10.66.0.0", "outside the party's subnet"),
             (
@@ -160,10 +182,22 @@ mod tests {
             ("10.66.0.0", "10.66.0.1", "malformed"),
             ("lots", "10.66.0.1", "malformed"),
         ] {
-            let err = check(&party(subnet, ip(mine)), me).expect_err(subnet);
+            let err = check(&party(subnet, ip(mine)), me, Allowed::Private).expect_err(subnet);
             assert!(err.to_string().contains(why), "{subnet} {mine}: {err}");
         }
-        let stranger = check(&party("10.66.0.0/16", ip("10.66.0.2")), PeerId([2; 32]));
+        let stranger = check(
+            &party("10.66.0.0/16", ip("10.66.0.2")),
+            PeerId([2; 32]),
+            Allowed::Private,
+        );
         assert_eq!(stranger, Err(ScopeError::OwnAddress(None)));
+        // The user may allow other subnets, never one wider than a /8.
+        let own = check(&party("8.8.8.0/24", ip("8.8.8.9")), me, Allowed::Any);
+        assert_eq!(own.map(|n| n.to_string()), Ok("8.8.8.0/24".to_owned()));
+        assert!(check(&party("10.0.0.0/8", ip("10.0.0.9")), me, Allowed::Any).is_ok());
+        for wide in ["128.0.0.0/1", "0.0.0.0/0", "10.0.0.0/7"] {
+            let err = check(&party(wide, ip("10.0.0.9")), me, Allowed::Any).expect_err(wide);
+            assert!(matches!(err, ScopeError::TooWide(_)), "{wide}: {err}");
+        }
     }
 }

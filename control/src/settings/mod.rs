@@ -134,6 +134,14 @@ pub const SPECS: &[Spec] = &[
         default: || Value::from("auto"),
     },
     Spec {
+        key: "party_subnet_any",
+        help: "take a party subnet outside the private ranges or wider than /16 (a control server of your own that uses one); off: refused, since a server could route other traffic into the tunnel",
+        applies: Applies::AtRestart,
+        secret: false,
+        kind: Kind::Bool,
+        default: || Value::from(false),
+    },
+    Spec {
         key: "stun_servers",
         help: "STUN servers (HOST:PORT) for the NAT check; empty: no check",
         applies: Applies::AtRestart,
@@ -415,6 +423,7 @@ pub struct Settings {
     pub keepalive: u16,
     pub mtu: u16,
     pub relays: String,
+    pub party_subnet_any: bool,
     pub stun_servers: Vec<String>,
     pub port_mapping: bool,
     pub game_detection: bool,

@@ -20,6 +20,7 @@ use crossbeam_channel::{Receiver, Sender, bounded, select, unbounded};
 use lanrage_control::party::code::PartyCode;
 use lanrage_control::party::local::LocalParty;
 use lanrage_control::party::membership::{Input, Membership};
+use lanrage_control::party::scope;
 use lanrage_control::path::selector::PathSelector;
 use lanrage_control::path::{PathAddr, frame};
 use lanrage_control::peer_id::PeerId;
@@ -121,6 +122,8 @@ pub struct ControlThread {
     pub settings: SettingsBook,
     /// Whether relays may carry traffic to peers no direct path reaches.
     pub relays: bool,
+    /// Which party subnets to take (the setting `party_subnet_any`).
+    pub party_subnets: scope::Allowed,
     /// Party events to a Discord channel, and Rich Presence.
     pub discord: Discord,
     /// Events for whoever embeds the daemon.
@@ -223,9 +226,10 @@ impl ControlThread {
         };
         let nat = NatCheck::new(self.stun_servers.clone());
         let paths = PathSelector::new(self.secret.into(), super::random_id);
+        let membership = Membership::new(me).allowing(self.party_subnets);
         let mut state = State {
             cfg: self,
-            membership: Membership::new(me),
+            membership,
             server_state: "not contacted yet".into(),
             stream_generation: 0,
             stream_tx,

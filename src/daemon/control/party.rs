@@ -41,7 +41,7 @@ impl State {
         };
         match client.party() {
             Ok(Some(party)) => {
-                if let Err(why) = scope::check(&party, self.cfg.me) {
+                if let Err(why) = scope::check(&party, self.cfg.me, self.cfg.party_subnets) {
                     tracing::error!(%why, "not resuming the party");
                     self.server_state = why.to_string();
                     return;
@@ -323,7 +323,7 @@ impl State {
     ) -> Result<PartyJson, (u16, String)> {
         let party = result?;
         self.server_state = "connected".into();
-        if let Err(why) = scope::check(&party, self.cfg.me) {
+        if let Err(why) = scope::check(&party, self.cfg.me, self.cfg.party_subnets) {
             tracing::error!(%why, "party refused");
             return Err((502, why.to_string()));
         }
