@@ -75,8 +75,9 @@ fail() {
     exit 1
 }
 
-# lanrage CLI as member I (0-based), JSON out.
-cli() { local i="$1"; shift; nl_in "${MEMBERS[$i]}" "$BIN" "$@" --json; }
+# lanrage CLI as member I (0-based), JSON out: it reaches that member's daemon through the
+# socket in its data directory.
+cli() { local i="$1"; shift; LANRAGE_DATA_DIR="$NL_TMP/data$((i + 1))" nl_in "${MEMBERS[$i]}" "$BIN" "$@" --json; }
 
 wait_for() {
     local what="$1" secs="$2"; shift 2
@@ -169,9 +170,9 @@ background nl_in "${MEMBERS[0]}" ping -q -i 0.2 -w "$DURATION" "$IP2" >"$OUT/pin
 background nl_in "${MEMBERS[1]}" bash -c "while sleep 1; do printf 'lanrage soak discovery' \
     | socat -u - 'UDP-DATAGRAM:$BROADCAST:27015,broadcast' 2>/dev/null; done"
 background bash -c "while sleep 120; do
-    ip netns exec '${MEMBERS[2]}' '$BIN' party leave --json >/dev/null 2>&1
+    LANRAGE_DATA_DIR='$NL_TMP/data3' ip netns exec '${MEMBERS[2]}' '$BIN' party leave --json >/dev/null 2>&1
     sleep 2
-    ip netns exec '${MEMBERS[2]}' '$BIN' party join '$code' --json >/dev/null 2>&1
+    LANRAGE_DATA_DIR='$NL_TMP/data3' ip netns exec '${MEMBERS[2]}' '$BIN' party join '$code' --json >/dev/null 2>&1
 done"
 
 # One sample: a CSV row per daemon (and the control server).
