@@ -201,7 +201,7 @@ impl LocalParty {
         let tagged = match a.tags.iter().find(|t| t.starts_with(&self.my_tag_prefix)) {
             Some(tag)
                 if bool::from(
-                    pair_tag(&pair_key, &a, &self.my_tag_prefix)
+                    pair_tag(&pair_key, &untagged_body(&a), &self.my_tag_prefix)
                         .as_bytes()
                         .ct_eq(tag.as_bytes()),
                 ) =>
@@ -328,11 +328,13 @@ impl LocalParty {
             leaving,
             tags: Vec::new(),
         };
+        // Every tag covers the same bytes: the announcement before its tags.
+        let untagged = serde_json::to_vec(&a).unwrap_or_default();
         a.tags = self
             .members
             .iter()
             .take(MAX_TAGS)
-            .map(|(peer, s)| pair_tag(&s.pair_key, &a, &hex::encode(&peer.0[..4])))
+            .map(|(peer, s)| pair_tag(&s.pair_key, &untagged, &hex::encode(&peer.0[..4])))
             .collect();
         let body = serde_json::to_vec(&a).unwrap_or_default();
         let mut datagram = Vec::with_capacity(MAGIC.len() + TAG_LEN + body.len());
@@ -358,20 +360,24 @@ impl LocalParty {
     }
 }
 
-/// The tag for the member whose key begins with `prefix` (hex): a MAC of `a` without its
-/// tags under the pair's key.
-fn pair_tag(key: &[u8; 32], a: &Announcement, prefix: &str) -> String {
+/// The tag for the member whose key begins with `prefix` (hex): a MAC of the announcement
+/// without its tags ([`untagged_body`]) under the pair's key.
+fn pair_tag(key: &[u8; 32], untagged: &[u8], prefix: &str) -> String {
+    let mut tag = String::with_capacity(PAIR_TAG_HEX);
+    tag.push_str(prefix);
+    tag.push_str(&hex::encode(mac16(key, untagged)));
+    tag
+}
+
+/// What the tags in `a` cover: `a` as sent, without its tags.
+fn untagged_body(a: &Announcement) -> Vec<u8> {
     let untagged = Announcement {
         tags: Vec::new(),
         party: a.party.clone(),
         name: a.name.clone(),
         ..*a
     };
-    let body = serde_json::to_vec(&untagged).unwrap_or_default();
-    let mut tag = String::with_capacity(PAIR_TAG_HEX);
-    tag.push_str(prefix);
-    tag.push_str(&hex::encode(mac16(key, &body)));
-    tag
+    serde_json::to_vec(&untagged).unwrap_or_default()
 }
 
 fn mac16(key: &[u8; 32], body: &[u8]) -> [u8; TAG_LEN] {
@@ -556,7 +562,7 @@ mod tests {
         // A tag for A made with the forger's own pair key with A is not B's.
         let fake = pair_tag(
             &forger.pair_key(&a.me),
-            &claim(&forger, b.me, true, u64::MAX),
+            &untagged_body(&claim(&forger, b.me, true, u64::MAX)),
             &a.my_tag_prefix,
         );
         assert_eq!(
